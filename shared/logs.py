@@ -1,0 +1,91 @@
+"""Structured logs: one JSON object a line (or key=value for people), context bound per logger.
+
+Usage: `log = get_logger("ingress").bind(mch_id=..., mch_order=...)`, then
+`log.info("notification_published", partition=3)`. Keys and signatures are never passed here;
+`_REDACTED` is a last guard for field names that would hold one.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import orjson
+
+_REDACTED = frozenset({"sign", "mch_key", "key", "secret", "keys", "password"})
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, *, as_json: bool) -> None:
+        super().__init__()
+        self._as_json = as_json
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        context = getattr(record, "context", None)
+        if isinstance(context, dict):
+            fields.update(context)
+        if record.exc_info and record.exc_info[0] is not None:
+            fields["exc_type"] = record.exc_info[0].__name__
+            fields["exc"] = str(record.exc_info[1])
+        if self._as_json:
+            return orjson.dumps(fields, default=str).decode()
+        return " ".join(f"{k}={v}" for k, v in fields.items())
+
+
+class BoundLogger:
+    """A stdlib logger with context that every line carries."""
+
+    __slots__ = ("_context", "_logger")
+
+    def __init__(self, logger: logging.Logger, context: dict[str, Any]) -> None:
+        self._logger = logger
+        self._context = context
+
+    def bind(self, **context: Any) -> BoundLogger:
+        return BoundLogger(self._logger, {**self._context, **context})
+
+    def _log(self, level: int, event: str, fields: dict[str, Any], exc: bool = False) -> None:
+        if not self._logger.isEnabledFor(level):
+            return
+        context = {
+            k: ("<redacted>" if k in _REDACTED else v)
+            for k, v in {**self._context, **fields}.items()
+        }
+        self._logger.log(level, event, extra={"context": context}, exc_info=exc)
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._log(logging.DEBUG, event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._log(logging.INFO, event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._log(logging.WARNING, event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._log(logging.ERROR, event, fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        """An error with the exception's type and message (no traceback locals, no secrets)."""
+        self._log(logging.ERROR, event, fields, exc=True)
+
+
+def get_logger(name: str, **context: Any) -> BoundLogger:
+    return BoundLogger(logging.getLogger(f"paynotify.{name}"), context)
+
+
+def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
+    """Called once by each process's entry point, never at import."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(as_json=fmt == "json"))
+    root = logging.getLogger("paynotify")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False

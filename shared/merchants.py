@@ -1,0 +1,96 @@
+"""The merchants file (`PAYNOTIFY_MERCHANTS_FILE`): one TOML table per merchant id.
+
+[merchants.t9awtvk6dn]
+keys = ["current-key", "previous-key"]   # the current key first; all verify, the first signs
+allow_from = ["203.0.113.0/24"]           # optional: source networks allowed to notify
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from shared.protocol.fields import check_text
+from shared.protocol.signing import MerchantKey
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class MerchantsFileError(ValueError):
+    """The merchants file is unreadable or breaks a rule; the message never holds a key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Merchant:
+    mch_id: str
+    keys: tuple[MerchantKey, ...]  # the current key first
+    allow_from: tuple[IPNetwork, ...] = ()  # empty: any source
+
+    @property
+    def signing_key(self) -> MerchantKey:
+        return self.keys[0]
+
+    def allows(self, address: str | None) -> bool:
+        if not self.allow_from:
+            return True
+        if address is None:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.allow_from)
+
+
+def parse_merchants(document: Mapping[str, Any]) -> Mapping[str, Merchant]:
+    table = document.get("merchants")
+    if not isinstance(table, dict) or not table:
+        raise MerchantsFileError("the merchants file needs at least one [merchants.<mch_id>] table")
+    merchants: dict[str, Merchant] = {}
+    for mch_id, entry in table.items():
+        try:
+            check_text("mch_id", mch_id, max_length=32)
+        except ValueError as exc:
+            raise MerchantsFileError(f"merchant id {mch_id!r} is invalid: {exc}") from None
+        if not isinstance(entry, dict):
+            raise MerchantsFileError(f"[merchants.{mch_id}] must be a table")
+        keys = entry.get("keys")
+        if (
+            not isinstance(keys, list)
+            or not keys
+            or not all(isinstance(k, str) and k for k in keys)
+        ):
+            raise MerchantsFileError(
+                f"[merchants.{mch_id}] keys must be a non-empty list of strings"
+            )
+        allow = entry.get("allow_from", [])
+        if not isinstance(allow, list):
+            raise MerchantsFileError(f"[merchants.{mch_id}] allow_from must be a list of networks")
+        try:
+            networks = tuple(ipaddress.ip_network(str(net), strict=False) for net in allow)
+        except ValueError as exc:
+            raise MerchantsFileError(f"[merchants.{mch_id}] allow_from: {exc}") from None
+        merchants[mch_id] = Merchant(
+            mch_id=mch_id,
+            keys=tuple(MerchantKey.from_secret(k) for k in keys),
+            allow_from=networks,
+        )
+    return MappingProxyType(merchants)
+
+
+def load_merchants(path: Path) -> Mapping[str, Merchant]:
+    try:
+        with path.open("rb") as handle:
+            document = tomllib.load(handle)
+    except OSError as exc:
+        raise MerchantsFileError(f"cannot read merchants file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise MerchantsFileError(f"merchants file {path} is not valid TOML: {exc}") from None
+    return parse_merchants(document)
