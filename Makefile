@@ -1,0 +1,44 @@
+# Everything a developer or CI runs. `make run` for the demo, `make test` for every test tier.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+BIN     := $(VENV)/bin
+PYTHON  ?= python3
+
+.PHONY: install test test-unit test-integration lint fmt stack-up stack-down run bench chaos clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# All tiers: unit, integration (real Kafka + Redis), e2e (the pipeline with the sandbox).
+# Services come from KAFKA_BOOTSTRAP_SERVERS/REDIS_URL, else a local stack on free ports.
+test: install
+	$(PY) -m pytest
+
+test-unit: install
+	$(PY) -m pytest -m unit
+
+test-integration: install
+	$(PY) -m pytest -m "integration or e2e"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+fmt: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+stack-up: install
+	$(BIN)/paynotify stack up
+
+stack-down: install
+	$(BIN)/paynotify stack down
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis

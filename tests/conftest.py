@@ -1,0 +1,154 @@
+"""Session fixtures that give tests real Kafka and Redis endpoints.
+
+Where they come from, in order:
+1. `KAFKA_BOOTSTRAP_SERVERS` and `REDIS_URL`, when both are set (a stack somebody already runs);
+2. the local stack (`shared.stack.local`) started on free ports in a temporary state directory,
+   when Java, Maven and redis-server are present;
+3. testcontainers, when a Docker engine answers;
+otherwise every test that needs a service **fails** with a message naming what is missing. They are
+never skipped: a green run means the services were really there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from shared.stack.local import LocalStack, free_port
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+# The document's example merchant and key, plus a second key to exercise rotation.
+TEST_MCH_ID = "t9awtvk6dn"
+TEST_KEY = "25e72d96d0ffe0bb74373344d986df3c"
+TEST_OLD_KEY = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
+OTHER_MCH_ID = "m2otherco"
+OTHER_KEY = "f00dfeedf00dfeedf00dfeedf00dfeed"
+
+
+@dataclass(frozen=True)
+class Services:
+    kafka_bootstrap: str
+    redis_url: str
+    origin: str  # "environment", "local stack" or "testcontainers"
+
+
+def _missing_for_local_stack() -> list[str]:
+    missing = [tool for tool in ("java", "mvn") if shutil.which(tool) is None]
+    if shutil.which("redis-server") is None and not Path("/usr/bin/redis-server").exists():
+        missing.append("redis-server")
+    return missing
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker  # noqa: PLC0415 - only when there is no other way
+
+        docker.from_env().ping()
+    except Exception:  # any failure means: no engine to use
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    kafka, redis = os.environ.get("KAFKA_BOOTSTRAP_SERVERS"), os.environ.get("REDIS_URL")
+    if kafka and redis:
+        yield Services(kafka, redis, "environment")
+        return
+    missing = _missing_for_local_stack()
+    if not missing:
+        stack = LocalStack(
+            state_dir=tmp_path_factory.mktemp("stack"),
+            kafka_port=free_port(),
+            redis_port=free_port(),
+        )
+        stack.up()
+        try:
+            yield Services(stack.bootstrap_servers, stack.redis_url, "local stack")
+        finally:
+            stack.down()
+        return
+    if _docker_answers():
+        from testcontainers.kafka import KafkaContainer  # noqa: PLC0415
+        from testcontainers.redis import RedisContainer  # noqa: PLC0415
+
+        with KafkaContainer("apache/kafka:4.1.1") as k, RedisContainer("redis:7") as r:
+            host, port = r.get_container_host_ip(), r.get_exposed_port(6379)
+            yield Services(k.get_bootstrap_server(), f"redis://{host}:{port}/0", "testcontainers")
+        return
+    pytest.fail(
+        "no Kafka/Redis for integration tests: set KAFKA_BOOTSTRAP_SERVERS and REDIS_URL, or "
+        f"install {', '.join(missing)} for the local stack, or run a Docker engine"
+    )
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(services: Services) -> str:
+    return services.kafka_bootstrap
+
+
+@pytest.fixture(scope="session")
+def redis_url(services: Services) -> str:
+    return services.redis_url
+
+
+@pytest.fixture(scope="module")
+def kafka_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """A broker of the test module's own, for tests that stop and restart it."""
+    missing = _missing_for_local_stack()
+    if missing:
+        pytest.fail(f"broker outage tests need the local stack; missing: {', '.join(missing)}")
+    stack = LocalStack(
+        state_dir=tmp_path_factory.mktemp("outage-stack"), kafka_port=free_port(), redis_port=0
+    )
+    stack.start_kafka()
+    try:
+        yield stack
+    finally:
+        stack.stop_kafka()
+
+
+@pytest.fixture(scope="session")
+def merchants_toml() -> str:
+    return (
+        f'[merchants.{TEST_MCH_ID}]\nkeys = ["{TEST_KEY}", "{TEST_OLD_KEY}"]\n\n'
+        f'[merchants.{OTHER_MCH_ID}]\nkeys = ["{OTHER_KEY}"]\nallow_from = ["10.9.8.0/24"]\n'
+    )
+
+
+@pytest.fixture(scope="session")
+def merchants_file(tmp_path_factory: pytest.TempPathFactory, merchants_toml: str) -> Path:
+    path = tmp_path_factory.mktemp("merchants") / "merchants.toml"
+    path.write_text(merchants_toml)
+    return path
+
+
+@pytest.fixture
+async def fresh_topic(kafka_bootstrap: str) -> AsyncIterator[Callable[..., Awaitable[str]]]:
+    """A factory of uniquely named topics, deleted after the test."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: PLC0415
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    made: list[str] = []
+
+    async def make(prefix: str = "test", partitions: int = 3) -> str:
+        name = f"{prefix}.{uuid.uuid4().hex[:12]}"
+        await admin.create_topics([NewTopic(name, partitions, 1)])
+        made.append(name)
+        return name
+
+    try:
+        yield make
+    finally:
+        if made:
+            await admin.delete_topics(made)
+        await admin.close()
