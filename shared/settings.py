@@ -7,7 +7,7 @@ README's table lists them all. Nothing here runs at import time.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal
@@ -40,7 +40,7 @@ class Settings:
     kafka_ack_timeout: float = 5.0
     max_body_bytes: int = 8192
     # Platform client
-    pay_type_paths: Mapping[int, str] = MappingProxyType({})
+    pay_type_paths: Mapping[int, str] = field(default_factory=lambda: MappingProxyType({}))
     answer_sign_includes_envelope: bool = False
     platform_timeout: float = 10.0
     # Workers

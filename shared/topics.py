@@ -7,4 +7,5 @@ REJECTED = "paynotify.rejected"  # audit trail of refused notifications, best ef
 EVENTS = "paynotify.events"  # domain events (CloudEvents), keyed mch_id:mch_order
 ORDERS = "paynotify.orders"  # order.created messages from merchant systems
 DLQ = "paynotify.dlq"  # messages that could not be settled, with their reason
-RETRY = "paynotify.retry"  # delayed re-processing of transient failures
+
+ALL = (CALLBACKS, REJECTED, EVENTS, ORDERS, DLQ)

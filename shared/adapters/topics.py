@@ -1,0 +1,69 @@
+"""`paynotify topics ensure`: create the project's topics, idempotently.
+
+Partitions and replication come from settings (`PAYNOTIFY_TOPIC_PARTITIONS`,
+`PAYNOTIFY_TOPIC_REPLICATION`). An existing topic is left as it is: partition counts only ever
+grow by an operator's decision, since growing them moves keys between partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from typing import TYPE_CHECKING
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from shared import topics
+from shared.settings import Settings
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Iterable
+
+
+def topic_configs(settings: Settings) -> dict[str, str]:
+    # With three or more replicas, an acks=all write must reach two of them to count.
+    min_isr = "2" if settings.topic_replication >= 3 else "1"
+    return {"min.insync.replicas": min_isr}
+
+
+async def ensure_topics(settings: Settings, names: Iterable[str] = topics.ALL) -> list[str]:
+    """Create whichever of `names` is missing; return the ones created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [name for name in names if name not in existing]
+        if missing:
+            new = [
+                NewTopic(
+                    name,
+                    num_partitions=settings.topic_partitions,
+                    replication_factor=settings.topic_replication,
+                    topic_configs=topic_configs(settings),
+                )
+                for name in missing
+            ]
+            # Another process may create them first: the goal is met all the same.
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(new)
+        return missing
+    finally:
+        await admin.close()
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.action != "ensure":  # pragma: no cover - argparse restricts the choices
+        return 2
+    settings = Settings.from_env()
+    created = asyncio.run(ensure_topics(settings))
+    for name in topics.ALL:
+        state = "created" if name in created else "exists"
+        print(f"{name}: {state}")  # noqa: T201 - a command's output
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(__import__("argparse").Namespace(action="ensure")))
