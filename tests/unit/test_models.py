@@ -1,0 +1,355 @@
+"""Typed requests and answers: per-pay-type rules, limits, answer decoding and verification."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shared.protocol.catalog import DOCUMENTED_PAY_TYPES, PayTypeCatalog
+from shared.protocol.errors import AnswerSignatureError, MalformedAnswer
+from shared.protocol.fields import FieldError
+from shared.protocol.models import (
+    CreateOrderRequest,
+    OrderQueryAnswer,
+    OrderQueryRequest,
+    QuickPayConfirmAnswer,
+    QuickPayConfirmRequest,
+    decode_answer,
+    encode_answer,
+    parse_create_order_answer,
+    parse_report_answer,
+    signature_fields,
+    verify_answer,
+)
+from shared.protocol.payment import PaymentStatus
+from shared.protocol.signing import MerchantKey, sign
+
+pytestmark = pytest.mark.unit
+
+KEY = MerchantKey.from_secret("25e72d96d0ffe0bb74373344d986df3c")
+PAY_TYPES = PayTypeCatalog.documented()
+BANK = {
+    "bank_account": "6222020000000000",
+    "bank_phone": "13800000000",
+    "bank_user_name": "张三",
+    "bank_id_card": "110101199001011234",
+}
+PORTRAIT = {"user_portrait_id": "payer@example.com", "user_portrait_name": "张三"}
+
+
+def doc_request(**changes: Any) -> CreateOrderRequest:
+    fields: dict[str, Any] = {
+        "pay_type": 10,
+        "mch_id": "t9awtvk6dn",
+        "mch_order": "20171206142839049",
+        "amt": 1,
+        "remark": "产品备注",
+        "created_at": 1512541824,
+        "client_ip": "192.168.1.176",
+        "notify_url": "https://app.zlsky.me/notify.php",
+        "call": "{user:1}",
+    }
+    fields.update(changes)
+    return CreateOrderRequest(**fields)
+
+
+def extras_for(pay_type: int) -> dict[str, str]:
+    rules = PAY_TYPES.get(pay_type)
+    extra: dict[str, str] = {}
+    if rules.needs_portrait_id or rules.needs_portrait_name:
+        extra.update(PORTRAIT)
+    if rules.needs_bank_details:
+        extra.update(BANK)
+    return extra
+
+
+def test_document_example_request_signs_to_the_vector() -> None:
+    """The document's example, built as a typed request, gives its form and signature."""
+    form = doc_request().form()
+    assert "pay_type" not in form
+    assert sign(form, KEY) == "5883eb7db6fc28286f440b291c4bc24a"
+
+
+@pytest.mark.parametrize("pay_type", [p.code for p in DOCUMENTED_PAY_TYPES])
+def test_every_pay_type_builds_with_its_required_fields(pay_type: int) -> None:
+    """Each documented pay type accepts a request carrying the fields its rules require."""
+    request = doc_request(pay_type=pay_type, **extras_for(pay_type))
+    assert CreateOrderRequest.from_form(pay_type, request.form()) == request
+
+
+@pytest.mark.parametrize(
+    ("pay_type", "missing"),
+    [
+        (23, "user_portrait_id"),
+        *((code, name) for code in (42, 43, 44) for name in PORTRAIT),
+        *((3, name) for name in BANK),
+        (6, "bank_account"),
+    ],
+)
+def test_pay_type_rules_require_fields(pay_type: int, missing: str) -> None:
+    """portrait id for 23/42/43/44, portrait name for 42/43/44, bank fields for 3 and 6."""
+    extra = {k: v for k, v in extras_for(pay_type).items() if k != missing}
+    with pytest.raises(FieldError) as caught:
+        doc_request(pay_type=pay_type, **extra)
+    assert caught.value.field == missing
+
+
+def test_quick_pay_web_with_bank_card_needs_only_the_account() -> None:
+    """Pay type 6 takes the card number; phone, holder and id card are for 3 (direct) only."""
+    assert doc_request(pay_type=6, bank_account="6222020000000000").bank_phone is None
+
+
+def test_undocumented_pay_type_is_refused() -> None:
+    """A pay type that is not in the document cannot be built."""
+    with pytest.raises(FieldError, match="pay_type"):
+        doc_request(pay_type=7)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("mch_id", "m" * 33),
+        ("mch_order", "o" * 51),
+        ("remark", "备" * 33),
+        ("call", "c" * 33),
+        ("client_ip", "1234:5678:9abc::1"),
+        ("notify_url", "https://x.example/" + "u" * 240),
+    ],
+)
+def test_length_limits(field: str, value: str) -> None:
+    """The document's string(n) limits are enforced."""
+    with pytest.raises(FieldError) as caught:
+        doc_request(**{field: value})
+    assert caught.value.field == field
+
+
+@pytest.mark.parametrize("amt", [0, -1, True, 10**16])
+def test_amount_is_a_positive_integer_in_li(amt: object) -> None:
+    """amt must be a positive integer (li); zero, negatives, booleans and absurd sums fail."""
+    with pytest.raises(FieldError, match="amt"):
+        doc_request(amt=amt)
+
+
+@pytest.mark.parametrize("field", ["call", "remark", "mch_order"])
+@pytest.mark.parametrize("bad", ["a&b", "a=b"])
+def test_client_refuses_separators_in_echoed_fields(field: str, bad: str) -> None:
+    """A request with `&` or `=` in call, remark or mch_order cannot be built, so never sent."""
+    with pytest.raises(FieldError, match="'&' or '='"):
+        doc_request(**{field: bad})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("notify_url", "ftp://x.example/n"),
+        ("notify_url", "https://x.example/a b"),
+        ("client_ip", "not-an-ip"),
+        ("user_level", 3),
+        ("bank_card_type", 12),
+        ("bank_code", 1028),
+        ("user_portrait_lon", "181"),
+        ("user_portrait_lat", "-90.5"),
+        ("user_portrait_lat", "north"),
+        ("call", ""),
+        ("sign_type", "sha1"),
+    ],
+)
+def test_value_rules(field: str, value: object) -> None:
+    """URLs, IPs, enumerations and coordinates are checked; optionals may not be empty."""
+    with pytest.raises(FieldError) as caught:
+        doc_request(**{field: value})
+    assert caught.value.field == field
+
+
+def test_optional_fields_are_left_out_of_the_form() -> None:
+    """Unset optionals are not sent, not even empty; set ones are rendered as text."""
+    form = doc_request(call=None, user_level=0, bank_code=1001, user_portrait_lon="-120.5").form()
+    assert "call" not in form
+    assert form["user_level"] == "0"
+    assert form["bank_code"] == "1001"
+    assert form["user_portrait_lon"] == "-120.5"
+
+
+def test_from_form_names_missing_and_malformed_fields() -> None:
+    """Parsing a received form says which field is missing ("is required") or malformed."""
+    form = doc_request().form()
+    with pytest.raises(FieldError) as caught:
+        CreateOrderRequest.from_form(10, {k: v for k, v in form.items() if k != "remark"})
+    assert (caught.value.field, caught.value.rule) == ("remark", "is required")
+    with pytest.raises(FieldError) as caught:
+        CreateOrderRequest.from_form(10, {**form, "amt": "1.5"})
+    assert caught.value.field == "amt"
+
+
+def test_confirm_and_query_requests() -> None:
+    """Quick-pay confirm and order query requests validate and render their forms."""
+    confirm = QuickPayConfirmRequest(mch_id="m", mch_order="o1", code="123456", created_at=5)
+    assert confirm.form() == {
+        "mch_id": "m", "mch_order": "o1", "code": "123456", "created_at": "5", "sign_type": "md5",
+    }  # fmt: skip
+    assert QuickPayConfirmRequest.from_form(confirm.form()) == confirm
+    query = OrderQueryRequest(mch_id="m", mch_order="o1", created_at=5)
+    assert OrderQueryRequest.from_form(query.form()) == query
+    with pytest.raises(FieldError, match="code"):
+        replace(confirm, code="12345678901")
+    with pytest.raises(FieldError, match="mch_order"):
+        OrderQueryRequest(mch_id="m", mch_order="a&b", created_at=5)
+
+
+# --- answers -------------------------------------------------------------------------------
+
+
+def test_answer_values_may_be_numbers_or_strings() -> None:
+    """Numbers become plain decimal text; null/false become empty; true becomes "1"."""
+    answer = decode_answer(
+        b'{"code":1,"msg":"ok","amt":1000,"f":1.50,"e":1e3,"s":"x","n":null,"t":true,"b":false}'
+    )
+    assert answer.ok
+    assert dict(answer.raw) == {
+        "code": "1", "msg": "ok", "amt": "1000", "f": "1.5", "e": "1000", "s": "x", "n": "",
+        "t": "1", "b": "",
+    }  # fmt: skip
+
+
+def test_code_may_be_a_string() -> None:
+    """A status code sent as a JSON string is the same code."""
+    assert decode_answer(b'{"code":"103","msg":"no order"}').code == 103
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"not json", b"[1]", b'"x"', b'{"msg":"no code"}', b'{"code":"one"}', b"\xff\xfe"],
+)
+def test_malformed_answers(body: bytes) -> None:
+    """Anything but a JSON object with a numeric code is a MalformedAnswer."""
+    with pytest.raises(MalformedAnswer):
+        decode_answer(body)
+
+
+def test_transfer_memo_named_code_is_kept() -> None:
+    """The document's second `code` (the transfer memo) survives next to the status code."""
+    body = encode_answer(
+        [("code", 1), ("msg", "ok"), ("mch_id", "m"), ("mch_order", "o1"), ("pay_type", 42),
+         ("op_amt", "100000"), ("amt", "99990"), ("bank_card", "6222"), ("bank_name", "ICBC"),
+         ("real_name", "李四"), ("code", "memo-8842")]
+    )  # fmt: skip
+    answer = decode_answer(body)
+    assert answer.code == 1
+    assert answer.values_of("code") == ("1", "memo-8842")
+    parsed = parse_create_order_answer(answer)
+    assert parsed.transfer_memo == "memo-8842"
+    assert (parsed.op_amt, parsed.amt) == (100000, 99990)
+    assert parsed.raw["real_name"] == "李四"
+
+
+def test_create_order_answer_requires_identity() -> None:
+    """A success answer without the order's identity is malformed."""
+    with pytest.raises(MalformedAnswer):
+        parse_create_order_answer(decode_answer(b'{"code":1,"pay_type":10}'))
+    with pytest.raises(MalformedAnswer, match="pay_type"):
+        parse_create_order_answer(
+            decode_answer(b'{"code":1,"mch_id":"m","mch_order":"o","pay_type":"x"}')
+        )
+
+
+def report_body(key: MerchantKey = KEY, **changes: str) -> dict[str, str]:
+    body = {
+        "sign_type": "md5", "mch_id": "m", "service": "10", "mch_order": "o1", "amt": "1000",
+        "mch_amt": "1000", "amt_type": "cny", "status": "2", "created_at": "1700000000",
+        "success_at": "1700000001", "origin_order": "",
+    }  # fmt: skip
+    body.update(changes)
+    body["sign"] = sign(body, key)
+    return body
+
+
+def as_answer(body: dict[str, str], code: int = 1, msg: str = "ok") -> bytes:
+    return encode_answer([("code", code), ("msg", msg), *body.items()])
+
+
+def test_report_answer_verifies_and_parses() -> None:
+    """A signed query answer verifies (envelope excluded) and parses into a PaymentReport."""
+    old = MerchantKey.from_secret("old")
+    answer = parse_report_answer(
+        OrderQueryAnswer, decode_answer(as_answer(report_body(old))), [KEY, old], PAY_TYPES,
+        include_envelope=False,
+    )  # fmt: skip
+    assert answer.key_id == old.key_id
+    assert answer.report.status is PaymentStatus.PAID
+    assert answer.report.origin_order is None
+    assert answer.raw["msg"] == "ok"
+
+
+def test_report_answer_with_bad_signature_is_rejected() -> None:
+    """Changing a signed field after signing makes the answer fail verification."""
+    body = {**report_body(), "amt": "999999"}
+    with pytest.raises(AnswerSignatureError) as caught:
+        parse_report_answer(
+            QuickPayConfirmAnswer, decode_answer(as_answer(body)), [KEY], PAY_TYPES,
+            include_envelope=False,
+        )  # fmt: skip
+    assert caught.value.signature_reason == "sign_mismatch"
+    assert body["sign"] not in str(caught.value)
+    assert not caught.value.transient
+
+
+def test_envelope_switch() -> None:
+    """With the switch on, code and msg are covered; without it, they are not."""
+    body = report_body()
+    assert "code" not in signature_fields({"code": "1", **body}, include_envelope=False)
+    assert "code" in signature_fields({"code": "1", **body}, include_envelope=True)
+    answer = decode_answer(as_answer(body))
+    verify_answer(answer, [KEY], include_envelope=False)
+    with pytest.raises(AnswerSignatureError):
+        verify_answer(answer, [KEY], include_envelope=True)
+    enveloped = {"code": "1", "msg": "ok", **{k: v for k, v in body.items() if k != "sign"}}
+    enveloped_answer = decode_answer(
+        encode_answer([*enveloped.items(), ("sign", sign(enveloped, KEY))])
+    )
+    verify_answer(enveloped_answer, [KEY], include_envelope=True)
+
+
+def test_duplicate_names_in_a_signed_answer_are_refused() -> None:
+    """A signed answer that repeats a field name is ambiguous and refused."""
+    body = report_body()
+    dup = encode_answer([("code", 1), *body.items(), ("amt", "1")])
+    with pytest.raises(AnswerSignatureError, match="duplicate"):
+        verify_answer(decode_answer(dup), [KEY], include_envelope=False)
+
+
+def test_unsigned_report_answer_is_rejected() -> None:
+    """A query answer without a sign is rejected, never trusted."""
+    body = {k: v for k, v in report_body().items() if k != "sign"}
+    with pytest.raises(AnswerSignatureError, match="sign_missing"):
+        parse_report_answer(
+            OrderQueryAnswer, decode_answer(as_answer(body)), [KEY], PAY_TYPES,
+            include_envelope=False,
+        )  # fmt: skip
+
+
+def test_report_answer_fields_are_checked_strictly() -> None:
+    """A verified answer with a malformed field is still a MalformedAnswer."""
+    body = report_body(status="3")
+    with pytest.raises(MalformedAnswer, match="status"):
+        parse_report_answer(
+            OrderQueryAnswer, decode_answer(as_answer(body)), [KEY], PAY_TYPES,
+            include_envelope=False,
+        )  # fmt: skip
+
+
+texts = st.text(st.characters(exclude_categories=("Cs",)), max_size=20)
+
+
+@given(
+    st.lists(st.tuples(texts, st.one_of(texts, st.integers(-(10**20), 10**20))), max_size=8).map(
+        lambda pairs: [("code", 1), *pairs]
+    )
+)
+def test_encode_then_decode_keeps_every_member(pairs: list[tuple[str, str | int]]) -> None:
+    """Whatever the sandbox encodes, the client decodes to the same members, in order."""
+    answer = decode_answer(encode_answer(pairs))
+    assert answer.pairs == tuple((name, str(value)) for name, value in pairs)
