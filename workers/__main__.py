@@ -1,0 +1,148 @@
+"""`paynotify worker` / `python -m workers`: wire the worker together and run it.
+
+This is the one place that builds the worker's collaborators (settings, Redis, Kafka, the
+platform client, the outcome store) and hands them to the code that uses them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import sys
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from aiokafka import AIOKafkaConsumer
+from redis.asyncio import Redis
+
+from shared import topics
+from shared.adapters.kafka import start_producer
+from shared.adapters.outcomes import OutcomeStore
+from shared.clock import Clock, SystemClock
+from shared.domain.decision import requery_schedule
+from shared.logs import configure_logging, get_logger
+from shared.merchants import load_merchants
+from shared.platform.client import ClientConfig, PlatformClient
+from shared.platform.retry import RetryPolicy
+from shared.protocol.catalog import PayTypeCatalog
+from shared.settings import Settings
+from workers.consumer import CallbackConsumer, RetryPoller, TopicSink
+from workers.keyed import KeyedRunner
+from workers.reconcile import Reconciler
+
+if TYPE_CHECKING:
+    import argparse
+
+LOCK_TTL_MS = 30_000
+STATS_EVERY = 10.0  # seconds between the worker's counters in the log
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event, clock: Clock | None = None) -> None:
+    clock = clock or SystemClock()
+    log = get_logger("worker")
+    merchants = load_merchants(settings.require_merchants_file())
+    redis = Redis.from_url(settings.redis_url)
+    producer = await start_producer(settings, client_id="paynotify-worker")
+    # The workers retry durably themselves (the retry set), so the client does not retry.
+    platform = PlatformClient.open(
+        ClientConfig.from_settings(settings, retry=RetryPolicy(retries=0)),
+        merchants,
+        clock=clock,
+        random=random.random,
+        limit=settings.worker_concurrency,
+    )
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=settings.consumer_group,
+        client_id="paynotify-worker",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=3_000,
+        max_poll_interval_ms=300_000,
+    )
+    stats: Counter[str] = Counter()
+    published: set[str] = set()
+    store = OutcomeStore(
+        redis, outcome_ttl_seconds=settings.outcome_ttl_days * 86_400, lock_ttl_ms=LOCK_TTL_MS
+    )
+    reconciler = Reconciler(
+        store=store,
+        platform=platform,
+        events=TopicSink(producer, topics.EVENTS),
+        dlq=TopicSink(producer, topics.DLQ),
+        pay_types=PayTypeCatalog.documented().with_overrides(settings.pay_type_paths),
+        policy=settings.order_records,
+        schedule=requery_schedule(settings.time_scale),
+        clock=clock,
+        min_retry_delay=min(1.0, settings.scaled(1.0)),
+        published=published,
+    )
+    runner = KeyedRunner(settings.worker_concurrency)
+    callbacks = CallbackConsumer(
+        consumer,
+        topics.CALLBACKS,
+        runner,
+        reconciler.handle,
+        store=store,
+        dlq_producer=producer,
+        dlq_topic=topics.DLQ,
+        clock=clock,
+        stats=stats,
+        published=published,
+    )
+    retries = RetryPoller(
+        store,
+        runner,
+        reconciler.handle,
+        clock=clock,
+        stats=stats,
+        interval=min(0.25, settings.scaled(1.0)),
+    )
+    try:
+        callbacks.subscribe()
+        await consumer.start()
+        log.info(
+            "worker_started", group=settings.consumer_group, concurrency=settings.worker_concurrency
+        )
+        async with asyncio.TaskGroup() as group:
+            group.create_task(retries.run(stop))
+            group.create_task(_report(stats, stop))
+            await callbacks.run(stop)
+    finally:
+        await runner.cancel()
+        await consumer.stop()
+        await platform.close()
+        await producer.stop()
+        await redis.aclose()
+        log.info("worker_stopped", **stats)
+
+
+async def _report(stats: Counter[str], stop: asyncio.Event) -> None:
+    log = get_logger("worker.stats")
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STATS_EVERY):
+                await stop.wait()
+        log.info("worker_stats", **stats)
+
+
+async def _main(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await run_worker(settings, stop)
+
+
+def main(args: argparse.Namespace | None = None) -> int:  # noqa: ARG001 - no flags yet
+    settings = Settings.from_env()
+    configure_logging(settings.log_level, settings.log_format)
+    asyncio.run(_main(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

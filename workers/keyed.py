@@ -1,0 +1,71 @@
+"""Run jobs concurrently across keys and one at a time within a key, with a bound on jobs held.
+
+Messages for different orders must not wait for each other (a slow platform would otherwise
+serialise the pipeline); messages for one order must run in arrival order. `submit` waits while
+`limit` jobs are held, which is the worker's backpressure on the Kafka fetch loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+
+class KeyedRunner:
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self._slots = asyncio.Semaphore(limit)
+        self._queues: dict[str, deque[Callable[[], Awaitable[None]]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.failure: BaseException | None = None  # the first job that raised; the owner stops
+
+    async def submit(self, key: str, job: Callable[[], Awaitable[None]]) -> None:
+        await self._slots.acquire()
+        self._idle.clear()
+        queue = self._queues.get(key)
+        if queue is not None:
+            queue.append(job)  # the key's running chain will reach it
+            return
+        self._queues[key] = deque([job])
+        task = asyncio.create_task(self._drain(key), name=f"key:{key}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _drain(self, key: str) -> None:
+        queue = self._queues[key]
+        while queue:
+            job = queue[0]
+            try:
+                await job()
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # a job must settle its message itself; if it raised,
+                # nothing after it may be committed, so record it for the owner to stop on.
+                if self.failure is None:
+                    self.failure = exc
+            finally:
+                queue.popleft()
+                self._slots.release()
+        del self._queues[key]
+        if not self._queues:
+            self._idle.set()
+
+    @property
+    def held(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    async def wait_idle(self) -> None:
+        """Return when no job is held (callers bound the wait with `asyncio.timeout`)."""
+        await self._idle.wait()
+
+    async def cancel(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
