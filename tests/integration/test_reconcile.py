@@ -1,0 +1,282 @@
+"""The reconciler on real Redis and Kafka: one outcome per payment, written once, replayed as is.
+
+The platform's order query is scripted here (a plain object answering what each test needs), so
+each rule can be driven directly; the sandbox platform drives the same code in tests/e2e.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from dataclasses import dataclass, field
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer
+from redis.asyncio import Redis
+
+from shared.adapters.kafka import CallbackEnvelope, start_producer
+from shared.adapters.order_book import OrderBook
+from shared.adapters.outcomes import RETRY_KEY, OutcomeStore, outcome_key
+from shared.clock import SystemClock
+from shared.domain.decision import requery_schedule
+from shared.domain.orders import OrderRecord
+from shared.protocol.catalog import PayTypeCatalog
+from shared.protocol.errors import OrderNotFound, PlatformUnavailable
+from shared.protocol.models import OrderQueryAnswer
+from shared.protocol.payment import PaymentReport, PaymentStatus, report_fields
+from shared.settings import Settings
+from workers.consumer import TopicSink
+from workers.reconcile import Reconciler, Settlement, Work
+
+pytestmark = pytest.mark.integration
+
+MCH = "t9awtvk6dn"
+_seq = itertools.count()
+
+
+def report(
+    order: str, *, amt: int = 1000, mch_amt: int = 1000, status: int = 2, **extra
+) -> PaymentReport:
+    return PaymentReport(
+        mch_id=MCH,
+        service=extra.pop("service", 10),
+        mch_order=order,
+        amt=amt,
+        mch_amt=mch_amt,
+        amt_type="cny",
+        status=PaymentStatus(status),
+        created_at=1_700_000_000,
+        success_at=1_700_000_060 if status == 2 else None,
+        origin_order=extra.pop("origin_order", None),
+        call=None,
+        sign_type="md5",
+    )
+
+
+def work_for(r: PaymentReport, **kw) -> Work:
+    envelope = CallbackEnvelope(
+        fields={**report_fields(r), "sign": "0" * 32},
+        key_id="sha256:test",
+        received_at=1_700_000_061.0,
+        peer="127.0.0.1",
+        delivery_id=uuid.uuid4().hex,
+        source="notification",
+    )
+    return Work(envelope=envelope, origin=f"test@{next(_seq)}", **kw)
+
+
+@dataclass
+class ScriptedPlatform:
+    """Answers `query_order` from a dict: a report, an exception to raise, or 103."""
+
+    answers: dict[str, PaymentReport | Exception] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)
+
+    async def query_order(self, mch_id: str, mch_order: str) -> OrderQueryAnswer:
+        self.calls.append(mch_order)
+        answer = self.answers.get(mch_order, OrderNotFound(103, "order not found"))
+        if isinstance(answer, Exception):
+            raise answer
+        return OrderQueryAnswer(report=answer, key_id="sha256:test", raw={})
+
+
+@pytest.fixture
+async def env(kafka_bootstrap: str, redis_url: str, fresh_topic):
+    events_topic = await fresh_topic("events", partitions=1)
+    dlq_topic = await fresh_topic("dlq", partitions=1)
+    settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, redis_url=redis_url)
+    producer = await start_producer(settings)
+    redis = Redis.from_url(redis_url)
+    platform = ScriptedPlatform()
+    store = OutcomeStore(redis, outcome_ttl_seconds=3600, lock_ttl_ms=5000)
+    reconciler = Reconciler(
+        store=store,
+        platform=platform,
+        events=TopicSink(producer, events_topic),
+        dlq=TopicSink(producer, dlq_topic),
+        pay_types=PayTypeCatalog.documented(),
+        policy="required",
+        schedule=requery_schedule(0.001),
+        clock=SystemClock(),
+        min_retry_delay=0.0,
+    )
+    book = OrderBook(redis, SystemClock())
+    try:
+        yield reconciler, platform, book, redis, (events_topic, dlq_topic)
+    finally:
+        await producer.stop()
+        await redis.aclose()
+
+
+async def read_topic(kafka_bootstrap: str, topic: str, count: int) -> list[dict]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    try:
+        got: list[dict] = []
+        async with asyncio.timeout(20):
+            while len(got) < count:
+                batch = await consumer.getmany(timeout_ms=500)
+                got.extend(orjson.loads(r.value) for rs in batch.values() for r in rs)
+        return got
+    finally:
+        await consumer.stop()
+
+
+def unique_order() -> str:
+    return f"o{uuid.uuid4().hex[:16]}"
+
+
+async def test_confirmed_payment_succeeds_once_and_settles_the_record(env, kafka_bootstrap) -> None:
+    """Paid, confirmed, amounts agree: one succeeded event; the order leaves the pending index."""
+    reconciler, platform, book, redis, (events, _) = env
+    order = unique_order()
+    await book.record_pending(OrderRecord(MCH, order, 1000, 10, 1_700_000_000))
+    platform.answers[order] = report(order)
+
+    assert await reconciler.handle(work_for(report(order))) is Settlement.PUBLISHED
+    (event,) = await read_topic(kafka_bootstrap, events, 1)
+    assert event["type"] == "paynotify.payment.succeeded"
+    assert event["subject"] == f"{MCH}:{order}"
+    assert event["data"]["amt"] == 1000
+    record = await book.get(MCH, order)
+    assert record is not None
+    assert record.state == "settled"
+    assert await redis.zscore("pn:orders:pending", f"{MCH}:{order}") is None
+
+
+async def test_redelivery_republishes_the_recorded_event_until_marked(env, kafka_bootstrap) -> None:
+    """A redelivery before `published` is marked re-sends the same bytes, not a new decision;
+    after marking it is a duplicate and costs no platform query."""
+    reconciler, platform, book, _redis, (events, _) = env
+    order = unique_order()
+    await book.record_pending(OrderRecord(MCH, order, 1000, 10, 1_700_000_000))
+    platform.answers[order] = report(order)
+    await reconciler.handle(work_for(report(order)))
+    # The platform now says something else: the recorded outcome must win regardless.
+    platform.answers[order] = report(order, status=1)
+    assert await reconciler.handle(work_for(report(order))) is Settlement.REPUBLISHED
+    first, second = await read_topic(kafka_bootstrap, events, 2)
+    assert first == second
+    await reconciler.store.mark_published([f"{MCH}:{order}"])
+    calls = len(platform.calls)
+    assert await reconciler.handle(work_for(report(order))) is Settlement.DUPLICATE
+    assert len(platform.calls) == calls
+
+
+async def test_an_outcome_cannot_be_decided_twice(env, kafka_bootstrap) -> None:
+    """If another worker wrote an outcome while this one's lock had lapsed, the write is refused
+    and the existing outcome is what gets published."""
+    reconciler, platform, book, redis, (_events, _) = env
+    order = unique_order()
+    await book.record_pending(OrderRecord(MCH, order, 1000, 10, 1_700_000_000))
+    platform.answers[order] = report(order)
+    store = reconciler.store
+    state = await store.begin(f"{MCH}:{order}", MCH, order)
+    # Another worker, its lock long expired, decided a mismatch first.
+    await redis.delete(f"pn:lock:{MCH}:{order}")
+    other = await store.begin(f"{MCH}:{order}", MCH, order)
+    kept = await store.decide(
+        f"{MCH}:{order}",
+        other.token,
+        event_type="paynotify.payment.amount_mismatch",
+        event_id="first-id",
+        event=b'{"type":"paynotify.payment.amount_mismatch"}',
+        decided_at=1.0,
+        settle_record=None,
+    )
+    assert kept.event_id == "first-id"
+    refused = await store.decide(
+        f"{MCH}:{order}",
+        state.token,
+        event_type="paynotify.payment.succeeded",
+        event_id="second-id",
+        event=b"{}",
+        decided_at=2.0,
+        settle_record=None,
+    )
+    assert refused.event_id == "first-id"
+    assert refused.type == "paynotify.payment.amount_mismatch"
+    stored = await redis.hget(outcome_key(f"{MCH}:{order}"), "type")
+    assert stored == b"paynotify.payment.amount_mismatch"
+
+
+async def test_unconfirmed_only_after_every_requery(env, kafka_bootstrap) -> None:
+    """A paid claim the platform never confirms is re-queried over the whole schedule, through
+    the durable retry set, and only then decided `unconfirmed`, never `succeeded`."""
+    reconciler, platform, book, redis, (events, _) = env
+    order = unique_order()
+    await book.record_pending(OrderRecord(MCH, order, 1000, 10, 1_700_000_000))
+    platform.answers[order] = report(order, status=1)
+    work = work_for(report(order))
+    settlements = []
+    for _ in range(20):
+        settlement = await reconciler.handle(work)
+        settlements.append(settlement)
+        if settlement is not Settlement.DEFERRED:
+            break
+        members = await redis.zrangebyscore(RETRY_KEY, "-inf", "+inf")
+        mine = [m for m in members if order.encode() in m]
+        assert len(mine) == 1
+        await redis.zrem(RETRY_KEY, mine[0])
+        work = Work.from_retry(mine[0])
+    assert settlements.count(Settlement.DEFERRED) == len(reconciler.schedule)
+    assert settlements[-1] is Settlement.PUBLISHED
+    (event,) = await read_topic(kafka_bootstrap, events, 1)
+    assert event["type"] == "paynotify.payment.unconfirmed"
+    assert event["data"]["reason"] == "platform_unpaid"
+    # A suspected forgery leaves the order pending: the sweeper may still find a real payment.
+    record = await book.get(MCH, order)
+    assert record is not None
+    assert record.state == "pending"
+
+
+async def test_transient_failures_retry_then_dead_letter(env, kafka_bootstrap) -> None:
+    """An unreachable platform defers the work; past the horizon it goes to the DLQ with its
+    reason, and no outcome is written."""
+    reconciler, platform, _book, redis, (_events, dlq) = env
+    order = unique_order()
+    platform.answers[order] = PlatformUnavailable("connection refused")
+    work = work_for(report(order))
+    for _ in range(len(reconciler.schedule)):
+        assert await reconciler.handle(work) is Settlement.DEFERRED
+        work = work.__class__(
+            envelope=work.envelope, attempts=work.attempts + 1, requeries=0, origin=work.origin
+        )
+    assert await reconciler.handle(work) is Settlement.DEAD_LETTERED
+    (letter,) = await read_topic(kafka_bootstrap, dlq, 1)
+    assert letter["reason"] == "retries_exhausted"
+    assert letter["payload"]["fields"]["mch_order"] == order
+    assert await redis.exists(outcome_key(f"{MCH}:{order}")) == 0
+    assert await redis.exists(f"pn:lock:{MCH}:{order}") == 0
+
+
+async def test_unpaid_notification_has_no_outcome(env) -> None:
+    """Status 1 is acknowledged and decides nothing (no query, no Redis state)."""
+    reconciler, platform, _book, _redis, _ = env
+    order = unique_order()
+    assert await reconciler.handle(work_for(report(order, status=1))) is Settlement.NO_OUTCOME
+    assert platform.calls == []
+
+
+async def test_invalid_fields_are_dead_lettered(env, kafka_bootstrap) -> None:
+    """A message whose fields do not validate is not dropped: it goes to the DLQ with why."""
+    reconciler, _platform, _book, _redis, (_, dlq) = env
+    work = work_for(report(unique_order()))
+    bad = Work(
+        envelope=CallbackEnvelope(
+            fields={**work.envelope.fields, "amt": "-5"},
+            key_id="k",
+            received_at=0.0,
+            peer=None,
+            delivery_id="d",
+            source="notification",
+        )
+    )
+    assert await reconciler.handle(bad) is Settlement.DEAD_LETTERED
+    (letter,) = await read_topic(kafka_bootstrap, dlq, 1)
+    assert letter["reason"] == "invalid_fields"
+    assert "amt" in letter["detail"]
