@@ -1,0 +1,250 @@
+"""The ingress web application: routes, handlers, and the Kafka clients' lifetime.
+
+`build_app` wires everything once: merchants, keys and validators are built here, the Kafka
+producer and admin client start in `cleanup_ctx` and live under `web.AppKey`s. The handler
+only translates: HTTP in, `forms` and `verification` to decide, `Publisher` to hand over,
+HTTP out.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import hdrs, web
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from ingress.counters import IngressCounters
+from ingress.forms import parse_request
+from ingress.publisher import Publisher
+from ingress.readiness import KafkaReadiness
+from ingress.refusals import Reason, Refusal
+from ingress.verification import Verifier
+from shared import topics
+from shared.adapters.kafka import (
+    SOURCE_NOTIFICATION,
+    CallbackEnvelope,
+    start_admin,
+    start_producer,
+)
+from shared.clock import Clock, SystemClock
+from shared.logs import BoundLogger, get_logger
+from shared.protocol.catalog import PayTypeCatalog
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Mapping
+
+    from ingress.forms import Fields
+    from shared.merchants import Merchant
+    from shared.settings import Settings
+
+SUCCESS = b"success"
+FAIL = b"fail"
+_METHOD_NOT_ALLOWED = Refusal(Reason.METHOD_NOT_ALLOWED)
+_BODY_TOO_LARGE = Refusal(Reason.BODY_TOO_LARGE)
+_NOT_FOUND = Refusal(Reason.NOT_FOUND)
+_NOT_READY = Refusal(Reason.NOT_READY)
+_AUDIT_TEXT = 64  # characters kept of any sender-chosen text in an audit record
+_AUDIT_NAMES = 40  # field names kept in an audit record
+
+
+class Ingress:
+    """The request handlers and what they share; one per application."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        verifier: Verifier,
+        clock: Clock,
+        counters: IngressCounters,
+        log: BoundLogger,
+    ) -> None:
+        self.settings = settings
+        self.verifier = verifier
+        self.clock = clock
+        self.counters = counters
+        self.log = log
+        self.max_body = settings.max_body_bytes
+        # Set while the Kafka clients run (see `_kafka_clients`).
+        self.publisher: Publisher | None = None
+        self.readiness: KafkaReadiness | None = None
+        self.closing = False
+
+    async def notify(self, request: web.Request) -> web.Response:
+        received_at = self.clock.time()
+        form = await self._read_form(request)
+        if isinstance(form, Refusal):
+            return self._refuse(request, form, received_at)
+        peer = request.remote
+        verified = self.verifier.check(form, peer, request.match_info.get("mch_id"))
+        if isinstance(verified, Refusal):
+            return self._refuse(request, verified, received_at, form)
+        publisher = self.publisher
+        if publisher is None:  # only before start-up finished or after shutdown
+            return self._refuse(request, _NOT_READY, received_at, form)
+        envelope = CallbackEnvelope(
+            fields=form,
+            key_id=verified.key_id,
+            received_at=received_at,
+            peer=peer,
+            delivery_id=uuid.uuid4().hex,
+            source=SOURCE_NOTIFICATION,
+        )
+        failure = await publisher.publish(verified.order_key, envelope)
+        if failure is not None:
+            return self._refuse(request, Refusal(failure), received_at, form)
+        return web.Response(body=SUCCESS, content_type="text/plain")
+
+    async def _read_form(self, request: web.Request) -> Fields | Refusal:
+        if request.method != hdrs.METH_POST:
+            return _METHOD_NOT_ALLOWED
+        length = request.content_length
+        if length is not None and length > self.max_body:
+            return _BODY_TOO_LARGE  # refused before reading a byte of it
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:  # no Content-Length: chunked past the limit
+            return _BODY_TOO_LARGE
+        return parse_request(
+            body, request.headers.get(hdrs.CONTENT_TYPE), request.query_string, self.max_body
+        )
+
+    def _refuse(
+        self,
+        request: web.Request,
+        refusal: Refusal,
+        received_at: float,
+        form: Fields | None = None,
+    ) -> web.Response:
+        self.counters.refusals[refusal.reason] += 1
+        mch_id = _clip(form.get("mch_id")) if form else None
+        self.log.info(
+            "notification_refused",
+            reason=refusal.reason.value,
+            status=refusal.status,
+            field=refusal.field,
+            rule=refusal.rule,
+            mch_id=mch_id,
+            peer=request.remote,
+        )
+        if self.publisher is not None:
+            self.publisher.audit(_audit_record(request, refusal, received_at, form), mch_id)
+        response = web.Response(status=refusal.status, body=FAIL, content_type="text/plain")
+        if refusal.reason is Reason.METHOD_NOT_ALLOWED:
+            response.headers[hdrs.ALLOW] = hdrs.METH_POST
+        return response
+
+    async def not_found(self, request: web.Request) -> web.Response:
+        return self._refuse(request, _NOT_FOUND, self.clock.time())
+
+    async def healthz(self, _: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def readyz(self, _: web.Request) -> web.Response:
+        if self.closing:
+            ready, why = False, "shutting down"
+        elif self.readiness is None:
+            ready, why = False, "kafka clients not started"
+        else:
+            ready, why = await self.readiness.check()
+        return web.Response(
+            status=200 if ready else 503,
+            body=orjson.dumps({"ready": ready, "kafka": why}),
+            content_type="application/json",
+        )
+
+    async def metrics(self, _: web.Request) -> web.Response:
+        return web.Response(text=self.counters.prometheus(), content_type="text/plain")
+
+
+def _clip(value: str | None) -> str | None:
+    if value is None:
+        return None
+    # Sender-chosen text: bounded, and made encodable whatever it holds.
+    return value[:_AUDIT_TEXT].encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _audit_record(
+    request: web.Request, refusal: Refusal, received_at: float, form: Fields | None
+) -> dict[str, Any]:
+    """What an operator needs to see why a request was refused - never `sign` or a key."""
+    return {
+        "reason": refusal.reason.value,
+        "status": refusal.status,
+        "field": refusal.field,
+        "rule": refusal.rule,
+        "mch_id": _clip(form.get("mch_id")) if form else None,
+        "mch_order": _clip(form.get("mch_order")) if form else None,
+        "field_names": sorted(_clip(name) for name in list(form)[:_AUDIT_NAMES]) if form else [],
+        "method": request.method,
+        "path": _clip(request.path),
+        "content_type": _clip(request.headers.get(hdrs.CONTENT_TYPE)),
+        "content_length": request.content_length,
+        "peer": request.remote,
+        "received_at": received_at,
+    }
+
+
+INGRESS = web.AppKey("ingress", Ingress)
+PRODUCER = web.AppKey("kafka_producer", AIOKafkaProducer)
+ADMIN = web.AppKey("kafka_admin", AIOKafkaAdminClient)
+
+
+async def _kafka_clients(app: web.Application) -> AsyncIterator[None]:
+    ingress = app[INGRESS]
+    settings = ingress.settings
+    producer = await start_producer(settings, client_id="paynotify-ingress")
+    try:
+        admin = await start_admin(settings, client_id="paynotify-ingress-readiness")
+    except BaseException:
+        await producer.stop()
+        raise
+    app[PRODUCER], app[ADMIN] = producer, admin
+    ingress.publisher = Publisher(
+        producer, ack_timeout=settings.kafka_ack_timeout, counters=ingress.counters, log=ingress.log
+    )
+    ingress.readiness = KafkaReadiness(
+        admin, topics.CALLBACKS, ingress.clock, timeout=min(settings.kafka_ack_timeout, 2.0)
+    )
+    ingress.log.info("ingress_started", kafka=settings.kafka_bootstrap_servers)
+    try:
+        yield
+    finally:
+        # In-flight requests are finished by now; what is still queued is flushed by `stop`.
+        await ingress.publisher.drain()
+        await producer.stop()
+        await admin.close()
+        ingress.log.info("ingress_stopped", published=ingress.counters.published)
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    app[INGRESS].closing = True  # /readyz turns 503 while in-flight requests finish
+
+
+def build_app(
+    settings: Settings,
+    merchants: Mapping[str, Merchant],
+    clock: Clock | None = None,
+) -> web.Application:
+    """The ingress application; Kafka clients start when the app starts."""
+    catalog = PayTypeCatalog.documented().with_overrides(settings.pay_type_paths)
+    ingress = Ingress(
+        settings=settings,
+        verifier=Verifier(merchants, frozenset(catalog.by_code)),
+        clock=clock or SystemClock(),
+        counters=IngressCounters(),
+        log=get_logger("ingress"),
+    )
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    app[INGRESS] = ingress
+    app.cleanup_ctx.append(_kafka_clients)
+    app.on_shutdown.append(_on_shutdown)
+    app.router.add_route("*", "/notify", ingress.notify)
+    app.router.add_route("*", "/notify/{mch_id}", ingress.notify)
+    app.router.add_get("/healthz", ingress.healthz, allow_head=True)
+    app.router.add_get("/readyz", ingress.readyz, allow_head=True)
+    app.router.add_get("/metrics", ingress.metrics)
+    app.router.add_route("*", "/{tail:.*}", ingress.not_found)
+    return app

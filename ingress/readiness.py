@@ -1,0 +1,82 @@
+"""`/readyz`: can the ingress hand a notification to Kafka right now?
+
+Ready means a metadata request to the brokers answered within a bound and showed the callbacks
+topic with a leader for every partition. The answer is cached briefly, so probes from several
+load balancers cost one request. The producer's own cached metadata cannot tell this: it keeps
+the last partitions it saw while the broker is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from aiokafka.errors import KafkaError
+
+if TYPE_CHECKING:
+    from shared.clock import Clock
+
+
+class KafkaReadiness:
+    __slots__ = (
+        "_admin",
+        "_answer",
+        "_checked_at",
+        "_clock",
+        "_lock",
+        "_timeout",
+        "_topic",
+        "_ttl",
+    )
+
+    def __init__(
+        self,
+        admin: Any,  # AIOKafkaAdminClient from shared.adapters.kafka.start_admin
+        topic: str,
+        clock: Clock,
+        *,
+        timeout: float,
+        ttl: float = 1.0,
+    ) -> None:
+        self._admin = admin
+        self._topic = topic
+        self._clock = clock
+        self._timeout = timeout
+        self._ttl = ttl
+        self._lock = asyncio.Lock()
+        self._checked_at: float | None = None
+        self._answer: tuple[bool, str] = (False, "not checked yet")
+
+    async def check(self) -> tuple[bool, str]:
+        """(ready, why) - `why` is a short text for operators."""
+        async with self._lock:  # concurrent probes share one metadata request
+            now = self._clock.monotonic()
+            if self._checked_at is None or now - self._checked_at >= self._ttl:
+                self._answer = await self._probe()
+                self._checked_at = self._clock.monotonic()
+            return self._answer
+
+    async def _probe(self) -> tuple[bool, str]:
+        try:
+            async with asyncio.timeout(self._timeout):
+                # All topics: naming ours would let the broker auto-create it with defaults.
+                described = await self._admin.describe_topics()
+        except TimeoutError:
+            return False, "kafka metadata timed out"
+        except (KafkaError, OSError) as exc:
+            return False, f"kafka unreachable ({type(exc).__name__})"
+        return topic_state(described, self._topic)
+
+
+def topic_state(described: list[dict[str, Any]], topic: str) -> tuple[bool, str]:
+    """Judge one topic in a metadata answer (`AIOKafkaAdminClient.describe_topics`)."""
+    for entry in described:
+        if entry.get("topic") != topic:
+            continue
+        partitions = entry.get("partitions") or []
+        if entry.get("error_code", 0) != 0 or not partitions:
+            return False, f"topic {topic} is not available"
+        if any(p.get("leader", -1) < 0 for p in partitions):
+            return False, f"topic {topic} has partitions without a leader"
+        return True, "ok"
+    return False, f"topic {topic} does not exist (run `paynotify topics ensure`)"
