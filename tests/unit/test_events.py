@@ -4,10 +4,12 @@ ids are deterministic per merchant, order and type, and no key or signature leak
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import replace
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -16,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
+from shared import topics
 from shared.domain.decision import (
     Notice,
     QueryAnswer,
@@ -377,3 +380,37 @@ def test_every_emitted_event_validates_against_its_schema(outcome: Outcome, time
     assert_valid(event)
     assert event["id"] == event_id(outcome.type, outcome.mch_id, outcome.mch_order)
     assert event["data"]["answer"] in set(AnswerStatus)
+
+
+# --- the documents -----------------------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def documented_examples() -> list[dict[str, Any]]:
+    text = (DOCS / "events.md").read_text("utf-8")
+    return [json.loads(block) for block in re.findall(r"```json\n(.*?)\n```", text, re.DOTALL)]
+
+
+def test_every_event_type_has_one_valid_example_in_the_docs() -> None:
+    """docs/events.md shows one example per type; each passes its schema and has the id the
+    rule gives, so the documentation cannot drift from the code."""
+    examples = documented_examples()
+    assert sorted(example["type"] for example in examples) == sorted(map(str, EventType))
+    for example in examples:
+        assert_valid(example)
+        data = example["data"]
+        assert example["id"] == event_id(
+            EventType(example["type"]), data["mch_id"], data["mch_order"]
+        )
+        assert example["subject"] == f"{data['mch_id']}:{data['mch_order']}"
+
+
+def test_the_asyncapi_document_names_every_topic_and_event_schema() -> None:
+    """docs/asyncapi.yaml describes each project topic and points at each shipped event schema."""
+    text = (DOCS / "asyncapi.yaml").read_text("utf-8")
+    assert text.startswith("asyncapi: 3.0.0\n")
+    for topic in (topics.CALLBACKS, topics.EVENTS, topics.ORDERS, topics.DLQ, topics.REJECTED):
+        assert f"address: {topic}\n" in text
+    for event_type in EventType:
+        assert f"$ref: '../shared/schemas/{event_type}.json'" in text
