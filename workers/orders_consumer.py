@@ -1,0 +1,240 @@
+"""`order.created` messages from merchant systems into the order book.
+
+Any system, in any language, tells paynotify about an order it created by publishing to
+`paynotify.orders`, keyed `mch_id:mch_order`, the JSON object (docs/order-book.md)
+
+    {"type": "order.created", "mch_id": "...", "mch_order": "...", "amt": 10000,
+     "pay_type": 10, "created_at": 1700000000}
+
+`amt` in li, `created_at` in Unix seconds; integers as JSON numbers or plain decimal strings;
+other members are ignored. A message that breaks a rule, or names an order already recorded with
+other values, goes to `paynotify.dlq` with its reason. An offset is committed only after every
+message before it was recorded or dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import OffsetAndMetadata
+from redis.exceptions import RedisError
+
+from shared import topics
+from shared.adapters.order_book import OrderConflictError
+from shared.domain.orders import OrderRecord
+from shared.logs import get_logger
+from shared.protocol.catalog import DOCUMENTED_PAY_TYPES
+from shared.protocol.fields import FieldError, check_text, parse_int
+from shared.protocol.payment import MAX_AMOUNT_LI, order_key
+from workers.reconcile import dead_letter
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Container
+
+    from aiokafka import AIOKafkaProducer, TopicPartition
+    from aiokafka.structs import ConsumerRecord
+
+    from shared.adapters.order_book import OrderBook
+    from shared.clock import Clock
+    from shared.settings import Settings
+
+MESSAGE_TYPE: Final = "order.created"
+MAX_TIMESTAMP: Final = 10**11  # Unix seconds far beyond any real order; keeps garbage out
+PAY_TYPES: Final = frozenset(p.code for p in DOCUMENTED_PAY_TYPES)
+_MAX_PAUSE = 5.0  # cap on the wait between attempts while Redis or Kafka is away
+
+
+class OrderMessageError(ValueError):
+    """A message that cannot be recorded; `reason` is machine-readable, `detail` never quotes
+    a value."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _integer(document: dict[str, Any], name: str, *, minimum: int, maximum: int) -> int:
+    value = document.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise FieldError(name, "must be an integer")
+    return parse_int(name, str(value), minimum=minimum, maximum=maximum)
+
+
+def _text(document: dict[str, Any], name: str, max_length: int) -> str:
+    value = document.get(name)
+    if not isinstance(value, str):
+        raise FieldError(name, "must be a string")
+    return check_text(name, value, max_length=max_length)
+
+
+def parse_order_created(
+    value: bytes | None, key: bytes | None, pay_types: Container[int] = PAY_TYPES
+) -> OrderRecord:
+    """The pending record an `order.created` message describes, or `OrderMessageError`."""
+    try:
+        document = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        raise OrderMessageError("undecodable", "the message is not JSON") from None
+    if not isinstance(document, dict):
+        raise OrderMessageError("undecodable", "the message is not a JSON object")
+    if document.get("type") != MESSAGE_TYPE:
+        raise OrderMessageError("unknown_type", f"the message's type is not {MESSAGE_TYPE}")
+    try:
+        record = OrderRecord(
+            mch_id=_text(document, "mch_id", 32),
+            mch_order=_text(document, "mch_order", 50),
+            amt=_integer(document, "amt", minimum=1, maximum=MAX_AMOUNT_LI),
+            pay_type=_integer(document, "pay_type", minimum=1, maximum=10**6),
+            created_at=_integer(document, "created_at", minimum=1, maximum=MAX_TIMESTAMP),
+        )
+    except FieldError as exc:
+        raise OrderMessageError("invalid_fields", str(exc)) from None
+    if record.pay_type not in pay_types:
+        raise OrderMessageError("invalid_fields", "field 'pay_type': is not a known pay type")
+    if key is None or key != order_key(record.mch_id, record.mch_order).encode():
+        raise OrderMessageError("key_mismatch", "the message key is not mch_id:mch_order")
+    return record
+
+
+def orders_consumer_factory(settings: Settings) -> Callable[[], AIOKafkaConsumer]:
+    """Consumers of `paynotify.orders` in the group `<PAYNOTIFY_CONSUMER_GROUP>.orders`."""
+
+    def make() -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            topics.ORDERS,
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            group_id=orders_group(settings),
+            client_id="paynotify-orders",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+
+    return make
+
+
+def orders_group(settings: Settings) -> str:
+    return f"{settings.consumer_group}.orders"
+
+
+class OrdersConsumer:
+    """Records `order.created` messages in the order book; `run()` until `stop()` or cancelled.
+
+    Messages are independent and recording is idempotent, so a fetched batch is recorded
+    concurrently and its offsets committed once every message in it was handled; a crash before
+    that commit only redelivers."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        book: OrderBook,
+        *,
+        producer: AIOKafkaProducer,
+        clock: Clock,
+        consumer_factory: Callable[[], AIOKafkaConsumer] | None = None,
+        dlq_topic: str = topics.DLQ,
+        max_records: int = 200,
+    ) -> None:
+        self._book = book
+        self._producer = producer
+        self._clock = clock
+        self._make_consumer = consumer_factory or orders_consumer_factory(settings)
+        self._dlq_topic = dlq_topic
+        self._max_records = max_records
+        self._stopping = asyncio.Event()
+        self._log = get_logger("orders")
+        self.recorded = 0  # new records made
+        self.dead_lettered = 0
+        self.retries = 0  # attempts repeated because Redis or Kafka was away
+
+    async def stop(self) -> None:
+        """Finish the batch in hand, commit it, and return from `run()`."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        consumer = self._make_consumer()
+        await consumer.start()
+        self._log.info("orders_consumer_started")
+        try:
+            while not self._stopping.is_set():
+                batch = await consumer.getmany(timeout_ms=200, max_records=self._max_records)
+                if not batch:
+                    continue
+                handled = await asyncio.gather(
+                    *(self._handle(r) for records in batch.values() for r in records)
+                )
+                if not all(handled):  # stopped while Redis or Kafka was away: commit nothing
+                    return
+                await self._commit(consumer, batch)
+        finally:
+            await consumer.stop()
+            self._log.info(
+                "orders_consumer_stopped", recorded=self.recorded, dead_lettered=self.dead_lettered
+            )
+
+    async def _commit(
+        self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[ConsumerRecord]]
+    ) -> None:
+        offsets = {
+            tp: OffsetAndMetadata(records[-1].offset + 1, "") for tp, records in batch.items()
+        }
+        try:
+            await consumer.commit(offsets)
+        except CommitFailedError as exc:
+            # The group rebalanced meanwhile: the partitions' new owner records these messages
+            # again, which changes nothing, so losing this commit loses nothing.
+            self._log.warning("orders_commit_lost_to_rebalance", error=str(exc))
+
+    async def _handle(self, record: ConsumerRecord) -> bool:
+        """Record or dead-letter one message; True once done, False if stopped before."""
+        origin = f"{record.topic}/{record.partition}@{record.offset}"
+        pause = 0.1
+        while True:
+            try:
+                await self._handle_once(record, origin)
+            except (RedisError, KafkaError, OSError) as exc:
+                self.retries += 1
+                self._log.warning(
+                    "order_record_retry", origin=origin, error=type(exc).__name__, pause=pause
+                )
+                if self._stopping.is_set():
+                    return False
+                await self._clock.sleep(pause)
+                pause = min(pause * 2, _MAX_PAUSE)
+            else:
+                return True
+
+    async def _handle_once(self, record: ConsumerRecord, origin: str) -> None:
+        value: bytes | None = record.value
+        key: bytes | None = record.key
+        try:
+            order = parse_order_created(value, key)
+            created = await self._book.record(order)
+        except OrderMessageError as exc:
+            await self._dead_letter(exc.reason, exc.detail, origin, key, value)
+            return
+        except OrderConflictError as exc:
+            await self._dead_letter("order_conflict", str(exc), origin, key, value)
+            return
+        if created:
+            self.recorded += 1
+        self._log.debug(
+            "order_recorded",
+            mch_id=order.mch_id,
+            mch_order=order.mch_order,
+            new=created,
+            origin=origin,
+        )
+
+    async def _dead_letter(
+        self, reason: str, detail: str, origin: str, key: bytes | None, value: bytes | None
+    ) -> None:
+        payload = dead_letter(reason, detail, origin, value or b"", at=self._clock.time())
+        dlq_key = key.decode("utf-8", "replace") if key else origin
+        await self._producer.send_and_wait(self._dlq_topic, payload, key=dlq_key)
+        self.dead_lettered += 1
+        self._log.warning("order_dead_lettered", reason=reason, origin=origin)
