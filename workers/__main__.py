@@ -28,7 +28,7 @@ from shared.platform.client import ClientConfig, PlatformClient
 from shared.platform.retry import RetryPolicy
 from shared.protocol.catalog import PayTypeCatalog
 from shared.settings import Settings
-from workers.consumer import CallbackConsumer, RetryPoller, TopicSink
+from workers.consumer import CLOUDEVENTS_HEADERS, CallbackConsumer, RetryPoller, TopicSink
 from workers.keyed import KeyedRunner
 from workers.reconcile import Reconciler
 
@@ -71,7 +71,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, clock: Clock | Non
     reconciler = Reconciler(
         store=store,
         platform=platform,
-        events=TopicSink(producer, topics.EVENTS),
+        events=TopicSink(producer, topics.EVENTS, CLOUDEVENTS_HEADERS),
         dlq=TopicSink(producer, topics.DLQ),
         pay_types=PayTypeCatalog.documented().with_overrides(settings.pay_type_paths),
         policy=settings.order_records,
