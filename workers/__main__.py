@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from shared import topics
 from shared.adapters.kafka import start_producer
+from shared.adapters.order_book import OrderBook
 from shared.adapters.outcomes import OutcomeStore
 from shared.clock import Clock, SystemClock
 from shared.domain.decision import requery_schedule
@@ -30,6 +31,7 @@ from shared.protocol.catalog import PayTypeCatalog
 from shared.settings import Settings
 from workers.consumer import CLOUDEVENTS_HEADERS, CallbackConsumer, RetryPoller, TopicSink
 from workers.keyed import KeyedRunner
+from workers.orders_consumer import OrdersConsumer
 from workers.reconcile import Reconciler
 
 if TYPE_CHECKING:
@@ -101,6 +103,10 @@ async def run_worker(settings: Settings, stop: asyncio.Event, clock: Clock | Non
         stats=stats,
         interval=min(0.25, settings.scaled(1.0)),
     )
+    # Orders published by merchant systems on paynotify.orders land in the order book here.
+    orders = OrdersConsumer(
+        settings, OrderBook.from_settings(redis, clock, settings), producer=producer, clock=clock
+    )
     try:
         callbacks.subscribe()
         await consumer.start()
@@ -110,7 +116,10 @@ async def run_worker(settings: Settings, stop: asyncio.Event, clock: Clock | Non
         async with asyncio.TaskGroup() as group:
             group.create_task(retries.run(stop))
             group.create_task(_report(stats, stop))
+            orders_task = group.create_task(orders.run())
             await callbacks.run(stop)
+            await orders.stop()
+            await orders_task
     finally:
         await runner.cancel()
         await consumer.stop()
