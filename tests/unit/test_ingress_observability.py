@@ -1,0 +1,115 @@
+"""Readiness judgement and counters of the ingress, without a broker."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiokafka.errors import KafkaConnectionError
+
+from ingress.counters import IngressCounters
+from ingress.readiness import KafkaReadiness, topic_state
+from ingress.refusals import Reason
+from shared.clock import ManualClock
+
+pytestmark = pytest.mark.unit
+
+TOPIC = "paynotify.callbacks"
+
+
+def described(*partitions: int, error_code: int = 0, topic: str = TOPIC) -> list[dict[str, Any]]:
+    return [
+        {"topic": "other", "error_code": 0, "partitions": [{"partition": 0, "leader": 1}]},
+        {
+            "topic": topic,
+            "error_code": error_code,
+            "partitions": [
+                {"partition": i, "leader": leader} for i, leader in enumerate(partitions)
+            ],
+        },
+    ]
+
+
+def test_topic_with_leaders_everywhere_is_ready() -> None:
+    """Every partition has a leader: a produce can be acknowledged."""
+    assert topic_state(described(1, 1, 2), TOPIC) == (True, "ok")
+
+
+@pytest.mark.parametrize(
+    ("answer", "words"),
+    [
+        (described(1, -1), "without a leader"),
+        (described(1, error_code=5), "not available"),
+        (described(), "not available"),
+        (described(1, topic="elsewhere"), "does not exist"),
+        ([], "does not exist"),
+    ],
+)
+def test_topic_not_ready_says_why(answer: list[dict[str, Any]], words: str) -> None:
+    """Missing topic, errors, partitions without leader: not ready, with a reason to read."""
+    ready, why = topic_state(answer, TOPIC)
+    assert not ready
+    assert words in why
+
+
+class ScriptedAdmin:
+    """Answers describe_topics from a script; counts calls."""
+
+    def __init__(self, *answers: object) -> None:
+        self.answers = list(answers)
+        self.calls = 0
+
+    async def describe_topics(self) -> Any:
+        self.calls += 1
+        answer = self.answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        if answer == "hang":
+            await asyncio.Event().wait()
+        return answer
+
+
+async def test_readiness_is_cached_briefly_and_then_asked_again() -> None:
+    """Probes within the TTL share one metadata request; after it, the broker is asked again."""
+    clock = ManualClock()
+    admin = ScriptedAdmin(described(1), KafkaConnectionError())
+    readiness = KafkaReadiness(admin, TOPIC, clock, timeout=1.0, ttl=1.0)
+    assert await readiness.check() == (True, "ok")
+    assert await readiness.check() == (True, "ok")
+    assert admin.calls == 1
+    clock.advance(1.0)
+    ready, why = await readiness.check()
+    assert not ready
+    assert "unreachable" in why
+    assert admin.calls == 2
+
+
+async def test_concurrent_probes_share_one_request() -> None:
+    """A burst of /readyz calls costs one metadata request."""
+    admin = ScriptedAdmin(described(1))
+    readiness = KafkaReadiness(admin, TOPIC, ManualClock(), timeout=1.0)
+    results = await asyncio.gather(*(readiness.check() for _ in range(10)))
+    assert set(results) == {(True, "ok")}
+    assert admin.calls == 1
+
+
+async def test_a_hanging_broker_is_not_ready_within_the_bound() -> None:
+    """The probe gives up after its timeout instead of hanging the health check."""
+    readiness = KafkaReadiness(ScriptedAdmin("hang"), TOPIC, ManualClock(), timeout=0.05)
+    async with asyncio.timeout(5):
+        ready, why = await readiness.check()
+    assert not ready
+    assert "timed out" in why
+
+
+def test_counters_render_every_reason_in_prometheus_text() -> None:
+    """/metrics lists every refusal reason with its status, zero or not."""
+    counters = IngressCounters()
+    counters.published = 3
+    counters.refusals[Reason.SIGN_MISMATCH] += 2
+    text = counters.prometheus()
+    assert "paynotify_ingress_published_total 3\n" in text
+    assert 'paynotify_ingress_refusals_total{reason="sign_mismatch",status="401"} 2\n' in text
+    assert 'paynotify_ingress_refusals_total{reason="kafka_timeout",status="503"} 0\n' in text
+    assert all(f'reason="{reason}"' in text for reason in Reason)
