@@ -129,7 +129,11 @@ def after_answer(
 ) -> SweepDecision:
     """What a verified query answer (or 103, `answer.report is None`) means for a pending order."""
     found = answer.report
-    if found is not None and (found.mch_id, found.mch_order) != (record.mch_id, record.mch_order):
+    # A repeat payment is reported under the upstream order number, naming ours as its origin.
+    if found is not None and (
+        found.mch_id != record.mch_id
+        or record.mch_order not in {found.mch_order, found.origin_order}
+    ):
         raise ValueError("the answer is about another order than the record")
     due = schedule.next_due(record.created_at, now)
     if found is not None and found.paid:

@@ -1,0 +1,333 @@
+"""The sweeper against real Redis and Kafka, with a scripted platform (the sandbox runs in the
+e2e tier): forwarding paid answers, expiring once, pacing, and the lease."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from collections import Counter
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer
+from redis.asyncio import Redis
+
+from shared.adapters.kafka import CallbackEnvelope, start_producer
+from shared.adapters.order_book import PENDING_KEY, OrderBook
+from shared.adapters.redis_lock import Locks
+from shared.clock import SystemClock
+from shared.domain.orders import OrderRecord, OrderState
+from shared.domain.sweep import SweepSchedule
+from shared.protocol.errors import OrderNotFound, PlatformUnavailable
+from shared.protocol.models import OrderQueryAnswer
+from shared.protocol.payment import PaymentReport, PaymentStatus, report_fields
+from shared.settings import Settings
+from workers.sweeper import Sweeper, SweeperLimits
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
+    from aiokafka import AIOKafkaProducer
+
+pytestmark = pytest.mark.integration
+
+SWEEP_DB = 13
+SCHEDULE = SweepSchedule(expiry=1.5, first_check=0.2, max_gap=0.4, settle_gap=0.3, retry_gap=0.1)
+
+
+class ScriptedPlatform:
+    """Answers order queries from a table: 'paid', 'unpaid', 'unknown' or 'down'; counts them."""
+
+    def __init__(self, states: dict[str, str], delay: float = 0.0) -> None:
+        self.states = states
+        self.delay = delay
+        self.queries: Counter[str] = Counter()
+        self.starts: list[float] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    async def query_order(self, mch_id: str, mch_order: str) -> OrderQueryAnswer:
+        self.queries[mch_order] += 1
+        self.starts.append(time.monotonic())
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            state = self.states.get(mch_order, "unknown")
+            if state == "unknown":
+                raise OrderNotFound(103, "order not found")
+            if state == "down":
+                raise PlatformUnavailable("no answer from the platform: TimeoutError")
+            paid = state == "paid"
+            report = PaymentReport(
+                mch_id=mch_id, service=10, mch_order=mch_order, amt=10_000, mch_amt=10_000,
+                amt_type="cny", status=PaymentStatus.PAID if paid else PaymentStatus.UNPAID,
+                created_at=int(time.time()), success_at=int(time.time()) if paid else None,
+                origin_order=None, call=None, sign_type="md5",
+            )  # fmt: skip
+            raw = {"code": "1", "msg": "ok", **report_fields(report), "sign": "0" * 32}
+            return OrderQueryAnswer(report=report, key_id="sha256:test", raw=MappingProxyType(raw))
+        finally:
+            self.in_flight -= 1
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url, db=SWEEP_DB)
+    await client.flushdb()
+    try:
+        yield client
+    finally:
+        await client.flushdb()
+        await client.aclose()
+
+
+@pytest.fixture
+async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+    made = await start_producer(Settings(kafka_bootstrap_servers=kafka_bootstrap))
+    try:
+        yield made
+    finally:
+        await made.stop()
+
+
+@pytest.fixture
+async def topics(fresh_topic: Callable[..., Awaitable[str]]) -> tuple[str, str]:
+    return await fresh_topic("callbacks"), await fresh_topic("events")
+
+
+def _sweeper(
+    redis: Redis,
+    platform: ScriptedPlatform,
+    producer: AIOKafkaProducer,
+    topics: tuple[str, str],
+    *,
+    name: str = "a",
+    rate: float = 1000.0,
+    concurrency: int = 8,
+    lease_ttl: float = 1.0,
+    schedule: SweepSchedule = SCHEDULE,
+) -> Sweeper:
+    clock = SystemClock()
+    return Sweeper(
+        OrderBook(redis, clock, schedule=schedule),
+        Locks(redis),
+        platform,
+        producer,
+        clock=clock,
+        schedule=schedule,
+        limits=SweeperLimits(
+            rate=rate, concurrency=concurrency, lease_ttl=lease_ttl, claim_hold=5.0, poll=0.02
+        ),
+        callbacks_topic=topics[0],
+        events_topic=topics[1],
+        name=name,
+    )
+
+
+async def _record(redis: Redis, names: list[str], created_at: int | None = None) -> None:
+    book = OrderBook(redis, SystemClock(), schedule=SCHEDULE)
+    created = int(time.time()) if created_at is None else created_at
+    for name in names:
+        await book.record_pending(OrderRecord("m1", name, 10_000, 10, created))
+
+
+async def _read(bootstrap: str, topic: str, at_least: int, settle: float = 0.5) -> list[Any]:
+    """Every record on `topic` once `at_least` arrived and nothing more came for `settle` s."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=f"t-{uuid.uuid4().hex}",
+        auto_offset_reset="earliest", enable_auto_commit=False,
+    )  # fmt: skip
+    await consumer.start()
+    found: list[Any] = []
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                batch = await consumer.getmany(timeout_ms=int(settle * 1000))
+                got = [r for records in batch.values() for r in records]
+                found.extend(got)
+                if not got and len(found) >= at_least:
+                    return found
+    finally:
+        await consumer.stop()
+
+
+async def _until(predicate: Callable[[], Awaitable[bool]], deadline: float = 30.0) -> None:
+    async with asyncio.timeout(deadline):
+        while not await predicate():
+            await asyncio.sleep(0.02)
+
+
+async def _stop(*pairs: tuple[Sweeper, asyncio.Task[None]]) -> None:
+    for sweeper, _ in pairs:
+        await sweeper.stop()
+    async with asyncio.timeout(30):
+        await asyncio.gather(*(task for _, task in pairs))
+
+
+async def test_paid_orders_are_forwarded_as_query_sourced_callbacks(
+    redis: Redis,
+    producer: AIOKafkaProducer,
+    topics: tuple[str, str],
+    kafka_bootstrap: str,
+) -> None:
+    """Paid orders go to the callbacks topic as envelopes the workers decode (source "query",
+    key mch_id:mch_order, the answer's fields without code/msg), and stay pending meanwhile."""
+    names = [f"paid-{i}" for i in range(10)]
+    platform = ScriptedPlatform(dict.fromkeys(names, "paid"))
+    await _record(redis, names)
+    sweeper = _sweeper(redis, platform, producer, topics)
+    task = asyncio.create_task(sweeper.run())
+    try:
+        await _until(lambda: _true(sweeper.stats["forwarded"] >= len(names)))
+    finally:
+        await _stop((sweeper, task))
+    records = await _read(kafka_bootstrap, topics[0], len(names))
+    by_key = {r.key.decode(): CallbackEnvelope.decode(r.value) for r in records}
+    assert set(by_key) == {f"m1:{n}" for n in names}
+    for key, envelope in by_key.items():
+        assert envelope.source == "query"
+        assert envelope.fields["mch_order"] == key.removeprefix("m1:")
+        assert envelope.fields["status"] == "2"
+        assert "code" not in envelope.fields
+        assert "msg" not in envelope.fields
+        assert envelope.key_id == "sha256:test"
+        assert len(envelope.delivery_id) == 32
+    for name in names:
+        assert await redis.zscore(PENDING_KEY, f"m1:{name}") is not None
+
+
+async def test_an_unpaid_order_expires_once_with_two_sweepers_running(
+    redis: Redis,
+    producer: AIOKafkaProducer,
+    topics: tuple[str, str],
+    kafka_bootstrap: str,
+) -> None:
+    """Two sweepers at once: each unpaid order gets one order.expired event, no order is
+    queried twice at one schedule point, and the orders end expired and out of the index."""
+    names = [f"unpaid-{i}" for i in range(6)]
+    states = dict.fromkeys(names, "unpaid") | {"unpaid-0": "unknown"}
+    platform = ScriptedPlatform(states)
+    # Created long enough ago that the one query each gets is the expiry query.
+    await _record(redis, names, created_at=int(time.time()) - 60)
+    first = _sweeper(redis, platform, producer, topics, name="a")
+    second = _sweeper(redis, platform, producer, topics, name="b")
+    tasks = [(first, asyncio.create_task(first.run())), (second, asyncio.create_task(second.run()))]
+    try:
+        await _until(lambda: _no_pending(redis))
+    finally:
+        await _stop(*tasks)
+    events = await _read(kafka_bootstrap, topics[1], len(names))
+    subjects = Counter(orjson.loads(r.value)["subject"] for r in events)
+    assert subjects == Counter({f"m1:{n}": 1 for n in names})
+    assert all(orjson.loads(r.value)["type"] == "paynotify.order.expired" for r in events)
+    assert platform.queries == Counter(dict.fromkeys(names, 1))
+    assert first.stats["expired"] + second.stats["expired"] == len(names)
+    book = OrderBook(redis, SystemClock())
+    for name in names:
+        record = await book.get("m1", name)
+        assert record is not None
+        assert record.state is OrderState.EXPIRED
+
+
+async def test_an_order_is_queried_on_schedule_until_it_expires(
+    redis: Redis, producer: AIOKafkaProducer, topics: tuple[str, str]
+) -> None:
+    """An unpaid order is queried once per schedule point, no more, then expired."""
+    platform = ScriptedPlatform({"slow-payer": "unpaid"})
+    await _record(redis, ["slow-payer"])
+    sweeper = _sweeper(redis, platform, producer, topics)
+    task = asyncio.create_task(sweeper.run())
+    try:
+        await _until(lambda: _no_pending(redis))
+    finally:
+        await _stop((sweeper, task))
+    assert platform.queries["slow-payer"] == len(SCHEDULE.offsets())
+    assert sweeper.stats["expired"] == 1
+
+
+async def test_failed_queries_are_retried_and_never_expire_an_order(
+    redis: Redis, producer: AIOKafkaProducer, topics: tuple[str, str]
+) -> None:
+    """A platform that never answers: the order is retried (counted as failures) and stays
+    pending past its expiry; no order.expired without an answer that says unpaid."""
+    platform = ScriptedPlatform({"dark": "down"})
+    await _record(redis, ["dark"], created_at=int(time.time()) - 60)
+    sweeper = _sweeper(redis, platform, producer, topics)
+    task = asyncio.create_task(sweeper.run())
+    try:
+        await _until(lambda: _true(platform.queries["dark"] >= 3))
+    finally:
+        await _stop((sweeper, task))
+    book = OrderBook(redis, SystemClock())
+    entry = await book.entry("m1", "dark")
+    assert entry is not None
+    assert entry.record.state is OrderState.PENDING
+    assert entry.sweep_failures >= 3
+    assert sweeper.stats["expired"] == 0
+
+
+async def test_queries_respect_the_rate_and_the_concurrency(
+    redis: Redis, producer: AIOKafkaProducer, topics: tuple[str, str]
+) -> None:
+    """A backlog of 30 due orders at 20 queries/s and 3 in flight: starts are spread at least
+    1/20 s apart and never more than 3 run at once."""
+    names = [f"backlog-{i}" for i in range(30)]
+    platform = ScriptedPlatform(dict.fromkeys(names, "unpaid"), delay=0.05)
+    await _record(redis, names, created_at=int(time.time()) - 1)
+    sweeper = _sweeper(redis, platform, producer, topics, rate=20.0, concurrency=3)
+    task = asyncio.create_task(sweeper.run())
+    try:
+        await _until(lambda: _true(len(platform.starts) >= len(names)))
+    finally:
+        await _stop((sweeper, task))
+    starts = sorted(platform.starts)[: len(names)]
+    assert platform.max_in_flight <= 3
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert min(gaps) >= 1 / 20 - 0.01
+    assert starts[-1] - starts[0] >= (len(names) - 1) / 20 - 0.05
+
+
+async def test_a_waiting_sweeper_takes_over_when_the_leader_dies(
+    redis: Redis, producer: AIOKafkaProducer, topics: tuple[str, str]
+) -> None:
+    """The second instance waits while the first leads; when the first dies without releasing
+    its lease, the second takes over after the lease's TTL and sweeps."""
+    platform = ScriptedPlatform({"late": "paid"})
+    first = _sweeper(redis, platform, producer, topics, name="a", lease_ttl=0.6)
+    second = _sweeper(redis, platform, producer, topics, name="b", lease_ttl=0.6)
+    first_task = asyncio.create_task(first.run())
+    await _until(lambda: _true(first.leading))
+    second_task = asyncio.create_task(second.run())
+    await asyncio.sleep(0)
+    assert not second.leading
+
+    # Death: the leader stops renewing and never releases (as after kill -9).
+    first._locks.renew = _never  # type: ignore[method-assign]
+    first._locks.release = _never  # type: ignore[method-assign]
+    first_task.cancel()
+    await _until(lambda: _true(first_task.done()))
+    await _until(lambda: _true(second.leading), deadline=10)
+    await _record(redis, ["late"], created_at=int(time.time()) - 1)
+    try:
+        await _until(lambda: _true(second.stats["forwarded"] >= 1))
+    finally:
+        await _stop((second, second_task))
+    assert first.stats["queries"] == 0
+
+
+async def _never(*_: object) -> bool:
+    return False
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _no_pending(redis: Redis) -> bool:
+    return await redis.zcard(PENDING_KEY) == 0

@@ -1,0 +1,112 @@
+"""`paynotify sweeper`: wire the sweeper together and run it until SIGTERM or SIGINT.
+
+The one place that builds the sweeper's collaborators: settings, Redis, the order book, the
+lease, the platform client and the producer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import sys
+from typing import TYPE_CHECKING
+
+from redis.asyncio import Redis
+
+from shared.adapters.kafka import start_producer
+from shared.adapters.order_book import OrderBook
+from shared.adapters.redis_lock import Locks
+from shared.clock import Clock, SystemClock
+from shared.domain.sweep import SweepSchedule
+from shared.logs import configure_logging, get_logger
+from shared.merchants import load_merchants
+from shared.platform.client import ClientConfig, PlatformClient
+from shared.platform.retry import RetryPolicy
+from shared.settings import Settings
+from workers.sweeper import Sweeper, SweeperLimits
+
+if TYPE_CHECKING:
+    import argparse
+
+LEASE_TTL = 10.0  # seconds: how soon a waiting instance takes over from a dead one
+CLAIM_HOLD = 120.0  # seconds: a query with the client's timeout finishes well within this
+
+
+def sweeper_limits(settings: Settings) -> SweeperLimits:
+    # Looks at the index often enough for the first check (90 s scaled) to be on time.
+    poll = min(1.0, max(0.02, settings.scaled(90.0) / 20))
+    hold = max(CLAIM_HOLD, 4 * settings.platform_timeout)
+    return SweeperLimits(
+        rate=settings.sweep_rate,
+        concurrency=settings.sweep_concurrency,
+        lease_ttl=LEASE_TTL,
+        claim_hold=hold,
+        poll=poll,
+    )
+
+
+async def run_sweeper(settings: Settings, stop: asyncio.Event, clock: Clock | None = None) -> None:
+    clock = clock or SystemClock()
+    log = get_logger("sweeper")
+    merchants = load_merchants(settings.require_merchants_file())
+    redis = Redis.from_url(settings.redis_url)
+    producer = await start_producer(settings, client_id="paynotify-sweeper")
+    # The schedule is the sweeper's retry; the client adds none of its own.
+    platform = PlatformClient.open(
+        ClientConfig.from_settings(settings, retry=RetryPolicy(retries=0)),
+        merchants,
+        clock=clock,
+        random=random.random,
+        limit=settings.sweep_concurrency,
+    )
+    schedule = SweepSchedule.scaled(
+        time_scale=settings.time_scale, order_expiry=settings.order_expiry
+    )
+    sweeper = Sweeper(
+        OrderBook.from_settings(redis, clock, settings),
+        Locks(redis),
+        platform,
+        producer,
+        clock=clock,
+        schedule=schedule,
+        limits=sweeper_limits(settings),
+    )
+    try:
+        log.info(
+            "sweeper_started",
+            rate=settings.sweep_rate,
+            concurrency=settings.sweep_concurrency,
+            expiry=schedule.expiry,
+        )
+        task = asyncio.create_task(sweeper.run())
+        stopped = asyncio.create_task(stop.wait())
+        # A sweeper that fails ends the process (with its error) rather than idling unseen.
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        await sweeper.stop()
+        await task
+    finally:
+        await platform.close()
+        await producer.stop()
+        await redis.aclose()
+        log.info("sweeper_stopped", **sweeper.stats)
+
+
+async def _main(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await run_sweeper(settings, stop)
+
+
+def main(args: argparse.Namespace | None = None) -> int:  # noqa: ARG001 - no flags yet
+    settings = Settings.from_env()
+    configure_logging(settings.log_level, settings.log_format)
+    asyncio.run(_main(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
