@@ -49,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     sandbox = sub.add_parser("sandbox", help="run the sandbox payment platform")
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8090)
+    sandbox.add_argument("--config", help="merchants TOML (default: PAYNOTIFY_MERCHANTS_FILE)")
+    sandbox.add_argument("--time-scale", type=float, help="default: PAYNOTIFY_TIME_SCALE")
+    sandbox.add_argument("--pay-after", type=float, help="auto-pay orders after N s (scaled)")
+    sandbox.add_argument("--seed", type=int, help="seed of the sandbox's random choices")
 
     ingress = sub.add_parser("ingress", help="serve POST /notify for the platform")
     ingress.add_argument("--host", default="127.0.0.1")

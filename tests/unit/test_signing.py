@@ -41,10 +41,10 @@ DOC_QUERY_STRING = (
 names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12).filter(
     lambda n: n not in {SIGN_FIELD, KEY_FIELD}
 )
-values = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
+values = st.text(st.characters(codec="utf-8"), max_size=40)
 non_empty = values.filter(bool)
 forms = st.dictionaries(names, values, max_size=12)
-secrets = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=40)
+secrets = st.text(st.characters(codec="utf-8"), min_size=1, max_size=40)
 
 
 def test_document_vector() -> None:
