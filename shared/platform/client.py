@@ -254,7 +254,9 @@ class PlatformClient:
                     raise error_for(answer.code, answer.msg)
             except PlatformError as exc:
                 if not exc.transient or retry >= policy.retries:
-                    bound.warning(
+                    # An answer like 103 is routine for callers; giving up on a transient is not.
+                    report = bound.warning if exc.transient else bound.info
+                    report(
                         "platform_call_failed", error=type(exc).__name__, code=exc.code,
                         attempts=retry + 1,
                     )  # fmt: skip

@@ -9,23 +9,22 @@ effects that take time (payment after a delay, delivering notifications) go thro
 from __future__ import annotations
 
 import bisect
-import zlib
 from collections import Counter, deque
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlencode
 
 from shared.logs import get_logger
-from shared.protocol.catalog import ANSWER_CODES, ANSWER_OK, BANK_CODES
+from shared.protocol.catalog import ANSWER_CODES, ANSWER_OK
 from shared.protocol.fields import FieldError
 from shared.protocol.models import (
     CreateOrderRequest,
     OrderQueryRequest,
     QuickPayConfirmRequest,
-    signature_fields,
 )
 from shared.protocol.payment import PaymentStatus, report_fields
-from shared.protocol.signing import SIGN_FIELD, SignatureError, sign, signed, verify
+from shared.protocol.signing import SIGN_FIELD, SignatureError, signed, verify
+from shared.sandbox.answers import Pair, created_answer, error_answer, report_answer
 from shared.sandbox.delivery import Notification
 from shared.sandbox.model import (
     NEVER,
@@ -47,12 +46,8 @@ if TYPE_CHECKING:
     from shared.sandbox.delivery import TryResult
     from shared.sandbox.model import DeliveryKind, SandboxConfig
 
-Pair = tuple[str, str | int]
 _T = TypeVar("_T")
 QUICK_PAY_TYPES = frozenset({3, 4, 5, 6})
-QR_PAY_TYPES = frozenset({2, 10, 14, 20, 31, 41})
-TRANSFER_PAY_TYPES = frozenset({42, 43, 44})
-ACCOUNT_PAY_TYPES = frozenset({60, 61, 62})
 _REQUIRED = {
     "create": ("sign_type", "mch_id", "mch_order", "amt", "remark", "created_at", "client_ip",
                "notify_url", "sign"),
@@ -102,7 +97,7 @@ class _Refused(Exception):  # noqa: N818 - control flow inside this module, neve
 
 
 def _error(code: int, msg: str | None = None) -> Reply:
-    return Reply(code, (("code", code), ("msg", msg or ANSWER_CODES.get(code, "error"))))
+    return Reply(code, error_answer(code, msg))
 
 
 class SandboxPlatform:
@@ -248,69 +243,21 @@ class SandboxPlatform:
         return order
 
     def _created(self, order: Order, base_url: str) -> Reply:
-        pairs: list[Pair] = [
-            ("code", ANSWER_OK), ("msg", "success"), ("mch_id", order.mch_id),
-            ("channel_id", 1), ("op_channel_id", 10001), ("pay_type", order.pay_type),
-            ("api_id", 1), ("mch_order", order.mch_order), ("created_at", order.created_at),
-        ]  # fmt: skip
         checkout = f"{base_url}/_sandbox/checkout?" + urlencode(
             {"mch_id": order.mch_id, "mch_order": order.mch_order}
         )
-        pairs += self._payment_fields(order, checkout)
-        return Reply(ANSWER_OK, tuple(pairs))
-
-    def _payment_fields(self, order: Order, checkout: str) -> list[Pair]:
-        """The pay-type-specific part of a create-order answer (创建订单 响应数据)."""
-        pay_type = order.pay_type
-        digest = zlib.crc32(f"{order.mch_id}:{order.mch_order}".encode())
-        token = f"tok{order.created_at}{digest % 10**8:08d}"
-        fields: list[Pair]
-        if pay_type in TRANSFER_PAY_TYPES:
-            # The document names the transfer memo `code` as well: sent as a second member.
-            paid = order.scenario.paid_amt or order.mch_amt
-            bank = BANK_CODES[1001 + digest % len(BANK_CODES)]
-            fields = [
-                ("op_amt", str(order.mch_amt)), ("amt", str(paid)),
-                ("bank_card", "6222020200000000000"), ("bank_name", bank),
-                ("real_name", "Sandbox Payee"), ("code", f"M{order.created_at % 10**6:06d}"),
-            ]  # fmt: skip
-        elif pay_type in ACCOUNT_PAY_TYPES:
-            fields = [("code", f"M{order.created_at % 10**6:06d}"), ("account", "sandbox-payee")]
-        elif pay_type in QR_PAY_TYPES:
-            fields = [("code_url", checkout), ("code_img_url", checkout + "&img=1")]
-            if pay_type == 20:
-                fields.append(("redirect_pay_url", checkout))
-        elif pay_type == 12:
-            fields = [("services", "pay.weixin.app"), ("token_id", token)]
-        elif pay_type == 3:
-            fields = [("token_id", token)]
-        elif pay_type == 13:
-            fields = [("pay_info", '{"appId":"wxsandbox","package":"prepay_id=' + token + '"}')]
-        elif pay_type in {22, 40}:
-            fields = [("pay_url", checkout)]
-        else:
-            fields = [("pay_info", checkout)]
-        return fields
+        return Reply(ANSWER_OK, created_answer(order, checkout))
 
     def _report_reply(self, order: Order, merchant: Merchant, *, forge: bool) -> Reply:
-        """An order query / confirm answer: the report's fields, signed (envelope per config)."""
-        report = order.report(created_at=self._now())
-        body: list[Pair] = [
-            ("sign_type", report.sign_type), ("mch_id", report.mch_id),
-            ("service", report.service), ("mch_order", report.mch_order), ("amt", report.amt),
-            ("mch_amt", report.mch_amt), ("amt_type", report.amt_type),
-            ("status", int(report.status)), ("created_at", report.created_at),
-            ("success_at", "" if report.success_at is None else report.success_at),
-            ("origin_order", report.origin_order or ""),
-        ]  # fmt: skip
-        envelope: list[Pair] = [("code", ANSWER_OK), ("msg", "success")]
-        covered = signature_fields(
-            {name: str(value) for name, value in envelope + body},
-            include_envelope=self.config.answer_sign_includes_envelope,
-        )
         forge = forge or order.scenario.forge_answers
-        signature = sign(covered, self._forged_key() if forge else merchant.signing_key)
-        return Reply(ANSWER_OK, (*envelope, *body, (SIGN_FIELD, signature)))
+        key = self._forged_key() if forge else merchant.signing_key
+        return Reply(
+            ANSWER_OK,
+            report_answer(
+                order, self._now(), key,
+                include_envelope=self.config.answer_sign_includes_envelope,
+            ),
+        )  # fmt: skip
 
     # --- payments and notifications --------------------------------------------------------
 
