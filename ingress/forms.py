@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from ingress.refusals import Reason, Refusal
+from shared.protocol.payment import KNOWN_FIELDS
 
 Fields = dict[str, str]
 
@@ -35,6 +36,7 @@ _TOO_LARGE = Refusal(Reason.BODY_TOO_LARGE)
 _NO_CONTENT_TYPE = Refusal(Reason.UNSUPPORTED_MEDIA_TYPE, rule="a content type is required")
 _BAD_CHARSET = Refusal(Reason.UNSUPPORTED_CHARSET, rule="only UTF-8 is accepted")
 _BAD_ENCODING = Refusal(Reason.BAD_ENCODING, rule="must be UTF-8 with valid percent escapes")
+_NO_EQUALS = Refusal(Reason.MALFORMED_BODY, rule="every pair needs '='")
 
 
 class _MalformedError(ValueError):
@@ -105,7 +107,7 @@ def _split_parameters(header: str) -> tuple[str, dict[str, str]]:
 
 
 def _add(fields: Fields, name: str, value: str) -> None:
-    if not _NAME.fullmatch(name):
+    if name not in KNOWN_FIELDS and not _NAME.fullmatch(name):
         raise _MalformedError(
             Refusal(Reason.BAD_FIELD_NAME, rule="names are 1-64 of A-Z a-z 0-9 _ . -")
         )
@@ -131,13 +133,26 @@ def parse_urlencoded(body: bytes) -> Fields:
     """`a=1&b=2`, as PHP's http_build_query writes it. Empty segments (`a=1&&b=2`) carry no
     field and are skipped; a segment without `=` is malformed."""
     fields: Fields = {}
-    for pair in body.split(b"&"):
-        if not pair:
-            continue
-        name, sep, value = pair.partition(b"=")
-        if not sep:
-            raise _MalformedError(Refusal(Reason.MALFORMED_BODY, rule="every pair needs '='"))
-        _add(fields, _percent_decode(name), _percent_decode(value))
+    if b"%" in body or b"+" in body:
+        for pair in body.split(b"&"):
+            if pair:
+                name, sep, value = pair.partition(b"=")
+                if not sep:
+                    raise _MalformedError(_NO_EQUALS)
+                _add(fields, _percent_decode(name), _percent_decode(value))
+        return fields
+    # Nothing escaped: decode once. UTF-8 never has `&` or `=` bytes inside a multi-byte
+    # character, so splitting the text gives what splitting the bytes would.
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _MalformedError(_BAD_ENCODING) from None
+    for item in text.split("&"):
+        if item:
+            key, equals, text_value = item.partition("=")
+            if not equals:
+                raise _MalformedError(_NO_EQUALS)
+            _add(fields, key, text_value)
     return fields
 
 
