@@ -124,9 +124,9 @@ def orders_group(settings: Settings) -> str:
 class OrdersConsumer:
     """Records `order.created` messages in the order book; `run()` until `stop()` or cancelled.
 
-    Messages are independent and recording is idempotent, so a fetched batch is recorded
-    concurrently and its offsets committed once every message in it was handled; a crash before
-    that commit only redelivers."""
+    A fetched batch is recorded partition by partition, partitions concurrently and each in
+    order, and its offsets committed once every message in it was handled; recording is
+    idempotent, so a crash before that commit only redelivers."""
 
     def __init__(
         self,
@@ -164,9 +164,7 @@ class OrdersConsumer:
                 batch = await consumer.getmany(timeout_ms=200, max_records=self._max_records)
                 if not batch:
                     continue
-                handled = await asyncio.gather(
-                    *(self._handle(r) for records in batch.values() for r in records)
-                )
+                handled = await asyncio.gather(*(self._partition(rs) for rs in batch.values()))
                 if not all(handled):  # stopped while Redis or Kafka was away: commit nothing
                     return
                 await self._commit(consumer, batch)
@@ -188,6 +186,14 @@ class OrdersConsumer:
             # The group rebalanced meanwhile: the partitions' new owner records these messages
             # again, which changes nothing, so losing this commit loses nothing.
             self._log.warning("orders_commit_lost_to_rebalance", error=str(exc))
+
+    async def _partition(self, records: list[ConsumerRecord]) -> bool:
+        """One partition's records in order (one order's messages share a partition, so a
+        conflicting second message is judged against the first); True when all were handled."""
+        for record in records:
+            if not await self._handle(record):
+                return False
+        return True
 
     async def _handle(self, record: ConsumerRecord) -> bool:
         """Record or dead-letter one message; True once done, False if stopped before."""

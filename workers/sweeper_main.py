@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 
+from shared import topics
 from shared.adapters.kafka import start_producer
 from shared.adapters.order_book import OrderBook
 from shared.adapters.redis_lock import Locks
@@ -28,6 +29,8 @@ from workers.sweeper import Sweeper, SweeperLimits
 
 if TYPE_CHECKING:
     import argparse
+
+    from workers.sweeper import OrderQuery, Publisher
 
 LEASE_TTL = 10.0  # seconds: how soon a waiting instance takes over from a dead one
 CLAIM_HOLD = 120.0  # seconds: a query with the client's timeout finishes well within this
@@ -46,6 +49,35 @@ def sweeper_limits(settings: Settings) -> SweeperLimits:
     )
 
 
+def build_sweeper(
+    settings: Settings,
+    redis: Redis,
+    platform: OrderQuery,
+    producer: Publisher,
+    *,
+    clock: Clock,
+    callbacks_topic: str = topics.CALLBACKS,
+    events_topic: str = topics.EVENTS,
+    name: str = "sweeper",
+) -> Sweeper:
+    """The sweeper on the given connections, with the settings' schedule and limits."""
+    schedule = SweepSchedule.scaled(
+        time_scale=settings.time_scale, order_expiry=settings.order_expiry
+    )
+    return Sweeper(
+        OrderBook.from_settings(redis, clock, settings),
+        Locks(redis),
+        platform,
+        producer,
+        clock=clock,
+        schedule=schedule,
+        limits=sweeper_limits(settings),
+        callbacks_topic=callbacks_topic,
+        events_topic=events_topic,
+        name=name,
+    )
+
+
 async def run_sweeper(settings: Settings, stop: asyncio.Event, clock: Clock | None = None) -> None:
     clock = clock or SystemClock()
     log = get_logger("sweeper")
@@ -60,24 +92,13 @@ async def run_sweeper(settings: Settings, stop: asyncio.Event, clock: Clock | No
         random=random.random,
         limit=settings.sweep_concurrency,
     )
-    schedule = SweepSchedule.scaled(
-        time_scale=settings.time_scale, order_expiry=settings.order_expiry
-    )
-    sweeper = Sweeper(
-        OrderBook.from_settings(redis, clock, settings),
-        Locks(redis),
-        platform,
-        producer,
-        clock=clock,
-        schedule=schedule,
-        limits=sweeper_limits(settings),
-    )
+    sweeper = build_sweeper(settings, redis, platform, producer, clock=clock)
     try:
         log.info(
             "sweeper_started",
             rate=settings.sweep_rate,
             concurrency=settings.sweep_concurrency,
-            expiry=schedule.expiry,
+            expiry=settings.scaled(settings.order_expiry),
         )
         task = asyncio.create_task(sweeper.run())
         stopped = asyncio.create_task(stop.wait())

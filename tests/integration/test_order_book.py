@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import pytest
 from redis.asyncio import Redis
@@ -31,9 +32,14 @@ CREATED = 1_700_000_000
 BOOK_DB = 11  # a database of its own: the pending index is one key for the whole book
 
 
+def in_db(url: str, db: int) -> str:
+    """The Redis URL with its database replaced (a `db=` argument would lose to the URL's)."""
+    return urlsplit(url)._replace(path=f"/{db}").geturl()
+
+
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url, db=BOOK_DB)
+    client = Redis.from_url(in_db(redis_url, BOOK_DB))
     await client.flushdb()
     try:
         yield client

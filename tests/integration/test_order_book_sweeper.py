@@ -10,6 +10,7 @@ import uuid
 from collections import Counter
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import orjson
 import pytest
@@ -36,6 +37,13 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.integration
 
 SWEEP_DB = 13
+
+
+def in_db(url: str, db: int) -> str:
+    """The Redis URL with its database replaced (a `db=` argument would lose to the URL's)."""
+    return urlsplit(url)._replace(path=f"/{db}").geturl()
+
+
 SCHEDULE = SweepSchedule(expiry=1.5, first_check=0.2, max_gap=0.4, settle_gap=0.3, retry_gap=0.1)
 
 
@@ -78,7 +86,7 @@ class ScriptedPlatform:
 
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url, db=SWEEP_DB)
+    client = Redis.from_url(in_db(redis_url, SWEEP_DB))
     await client.flushdb()
     try:
         yield client
@@ -238,7 +246,7 @@ async def test_an_unpaid_order_expires_once_with_two_sweepers_running(
 async def test_an_order_is_queried_on_schedule_until_it_expires(
     redis: Redis, producer: AIOKafkaProducer, topics: tuple[str, str]
 ) -> None:
-    """An unpaid order is queried once per schedule point, no more, then expired."""
+    """An unpaid order is queried at most once per schedule point, then expired once."""
     platform = ScriptedPlatform({"slow-payer": "unpaid"})
     await _record(redis, ["slow-payer"])
     sweeper = _sweeper(redis, platform, producer, topics)
@@ -247,7 +255,9 @@ async def test_an_order_is_queried_on_schedule_until_it_expires(
         await _until(lambda: _no_pending(redis))
     finally:
         await _stop((sweeper, task))
-    assert platform.queries["slow-payer"] == len(SCHEDULE.offsets())
+    # created_at is whole seconds, so the order may be up to 1 s older than it seems, and
+    # points already past when it was recorded are skipped, never made up in a burst.
+    assert 2 <= platform.queries["slow-payer"] <= len(SCHEDULE.offsets())
     assert sweeper.stats["expired"] == 1
 
 
