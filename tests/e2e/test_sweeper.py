@@ -5,6 +5,7 @@
 - A late notification for an order the sweeper already settled adds no second outcome.
 - Unpaid orders past expiry get one `order.expired` each with two sweepers running at once, and
   no order is queried more often than its schedule says (counted by the sandbox).
+- Orders known only from `order.created` messages are used for the amount check.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from shared.sandbox.model import SandboxConfig
 from shared.sandbox.server import build_app
 from shared.settings import Settings
 from workers.__main__ import run_worker
+from workers.orders_consumer import OrdersConsumer
 from workers.sweeper_main import build_sweeper
 
 if TYPE_CHECKING:
@@ -358,3 +360,65 @@ async def test_unpaid_orders_expire_once_with_two_sweepers_and_no_doubled_query(
         record = await book.get(mch_id, name)
         assert record is not None
         assert record.state is OrderState.EXPIRED
+
+
+async def test_orders_published_from_outside_are_used_for_the_amount_check(  # noqa: PLR0917 - fixtures
+    settings: Settings,
+    sandbox: Sandbox,
+    redis: Redis,
+    merchants: Mapping[str, Merchant],
+    mch_id: str,
+    fresh_topic: Callable[..., Awaitable[str]],
+) -> None:
+    """Two paid orders known only from `order.created` messages (no create_order call): the
+    one whose recorded amount matches settles as succeeded, the one recorded with another amount
+    is refused as amount_mismatch (record_amount_differs)."""
+    await ensure_topics(settings)
+    orders_topic = await fresh_topic("orders", partitions=1)
+    good, wrong = _names("outside", 2)
+    await sandbox.create(mch_id, [good, wrong], {"pay_after": 0, "drop_attempts": 9})
+    producer = await start_producer(settings)
+    now = int(time.time())
+    for name, amt in ((good, 10_000), (wrong, 9_000)):
+        message = {"type": "order.created", "mch_id": mch_id, "mch_order": name, "amt": amt,
+                   "pay_type": 10, "created_at": now}  # fmt: skip
+        await producer.send_and_wait(orders_topic, orjson.dumps(message), key=f"{mch_id}:{name}")
+
+    def orders_consumer() -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            orders_topic, bootstrap_servers=settings.kafka_bootstrap_servers,
+            group_id=f"{settings.consumer_group}.orders", enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )  # fmt: skip
+
+    book = OrderBook.from_settings(redis, SystemClock(), settings)
+    recorder = OrdersConsumer(
+        settings, book, producer=producer, clock=SystemClock(), consumer_factory=orders_consumer
+    )
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(recorder.run()), asyncio.create_task(run_worker(settings, stop))]
+    platform = _client(settings, merchants)
+    sweeper = build_sweeper(settings, redis, platform, producer, clock=SystemClock())
+    tasks.append(asyncio.create_task(sweeper.run()))
+    subjects = {f"{mch_id}:{good}", f"{mch_id}:{wrong}"}
+    try:
+        events = await _events(
+            settings.kafka_bootstrap_servers,
+            topics.EVENTS,
+            subjects,
+            lambda found: {e["subject"] for e in found} >= subjects,
+        )
+    finally:
+        await sweeper.stop()
+        await recorder.stop()
+        stop.set()
+        async with asyncio.timeout(60):
+            await asyncio.gather(*tasks)
+        await platform.close()
+        await producer.stop()
+    by_subject = {e["subject"]: e for e in events}
+    assert by_subject[f"{mch_id}:{good}"]["type"] == "paynotify.payment.succeeded"
+    refused = by_subject[f"{mch_id}:{wrong}"]
+    assert refused["type"] == "paynotify.payment.amount_mismatch"
+    assert refused["data"]["reason"] == "record_amount_differs"
+    assert refused["data"]["expected"] == {"mch_amt": 9_000}
