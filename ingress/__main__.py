@@ -29,8 +29,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m ingress", description="Serve POST /notify for the payment platform."
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     return parser.parse_args(argv)
 
 
@@ -49,7 +49,7 @@ def main(args: argparse.Namespace | None = None) -> int:
     except (SettingsError, MerchantsFileError):
         log.exception("ingress_config_invalid")
         return EXIT_CONFIG
-    log.info("ingress_listening", host=args.host, port=args.port, merchants=len(merchants))
+    log.info("ingress_starting", host=args.host, port=args.port, merchants=len(merchants))
     try:
         web.run_app(
             build_app(settings, merchants),
