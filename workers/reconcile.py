@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 
 from shared.adapters.kafka import CallbackEnvelope
+from shared.adapters.order_book import CorruptRecordError
 from shared.adapters.outcomes import Busy, Decided, Locked, OutcomeStore, RecordedOutcome
 from shared.domain.decision import (
     NoOutcome,
@@ -144,7 +145,10 @@ class Reconciler:
             return await self._dead_letter(work, "invalid_fields", str(exc), None)
         if not report.paid:
             return Settlement.NO_OUTCOME
-        state = await self._begin(report)
+        try:
+            state = await self._begin(report)
+        except CorruptRecordError as exc:
+            return await self._dead_letter(work, "corrupt_order_record", str(exc), report)
         if isinstance(state, Decided):
             return await self._replay(report, state.outcome)
         if isinstance(state, Busy):

@@ -19,7 +19,12 @@ import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from shared.adapters.order_book import PENDING_KEY, decode_record, order_record_key
+from shared.adapters.order_book import (
+    PENDING_KEY,
+    CorruptRecordError,
+    decode_record,
+    order_record_key,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -166,7 +171,13 @@ class OutcomeStore:
         if kind == 1:
             return Decided(_outcome(payload))
         if kind == 2:
-            return Locked(token, decode_record(_hash(payload)))
+            try:
+                record = decode_record(_hash(payload))
+            except CorruptRecordError:
+                # Not this process's to repair: free the order for the dead letter that follows.
+                await self.release(order_key, token)
+                raise
+            return Locked(token, record)
         return Busy()
 
     async def renew(self, order_key: str, token: str) -> bool:

@@ -280,3 +280,17 @@ async def test_invalid_fields_are_dead_lettered(env, kafka_bootstrap) -> None:
     (letter,) = await read_topic(kafka_bootstrap, dlq, 1)
     assert letter["reason"] == "invalid_fields"
     assert "amt" in letter["detail"]
+
+
+async def test_a_corrupt_order_record_dead_letters_and_frees_the_lock(env, kafka_bootstrap) -> None:
+    """A half-written record in the order book is not this worker's to guess about: the message
+    goes to the DLQ with the reason, the lock is freed, and the worker goes on."""
+    reconciler, platform, _book, redis, (_, dlq) = env
+    order = unique_order()
+    await redis.hset(f"pn:order:{MCH}:{order}", mapping={"mch_id": MCH, "amt": "not-a-number"})
+    platform.answers[order] = report(order)
+    assert await reconciler.handle(work_for(report(order))) is Settlement.DEAD_LETTERED
+    (letter,) = await read_topic(kafka_bootstrap, dlq, 1)
+    assert letter["reason"] == "corrupt_order_record"
+    assert await redis.exists(f"pn:lock:{MCH}:{order}") == 0
+    assert platform.calls == []
