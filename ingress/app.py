@@ -8,6 +8,7 @@ HTTP out.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,7 @@ import orjson
 from aiohttp import hdrs, web
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from ingress.counters import IngressCounters
 from ingress.forms import parse_request
@@ -202,6 +204,7 @@ async def _kafka_clients(app: web.Application) -> AsyncIterator[None]:
         await producer.stop()
         raise
     app[PRODUCER], app[ADMIN] = producer, admin
+    await _learn_partitions(producer, settings.kafka_ack_timeout, ingress.log)
     ingress.publisher = Publisher(
         producer, ack_timeout=settings.kafka_ack_timeout, counters=ingress.counters, log=ingress.log
     )
@@ -217,6 +220,17 @@ async def _kafka_clients(app: web.Application) -> AsyncIterator[None]:
         await producer.stop()
         await admin.close()
         ingress.log.info("ingress_stopped", published=ingress.counters.published)
+
+
+async def _learn_partitions(producer: AIOKafkaProducer, bound: float, log: BoundLogger) -> None:
+    """Fetch the topics' partitions now, so that no request waits for that metadata."""
+    for topic in (topics.CALLBACKS, topics.REJECTED):
+        try:
+            async with asyncio.timeout(bound):
+                await producer.partitions_for(topic)
+        except (TimeoutError, KafkaError) as exc:
+            # Not fatal: /readyz reports the topic, and a send fetches metadata again.
+            log.warning("kafka_topic_unavailable", topic=topic, error=type(exc).__name__)
 
 
 async def _on_shutdown(app: web.Application) -> None:
