@@ -198,27 +198,32 @@ async def _kafka_clients(app: web.Application) -> AsyncIterator[None]:
     ingress = app[INGRESS]
     settings = ingress.settings
     producer = await start_producer(settings, client_id="paynotify-ingress")
+    admin: AIOKafkaAdminClient | None = None
+    publisher: Publisher | None = None
     try:
         admin = await start_admin(settings, client_id="paynotify-ingress-readiness")
-    except BaseException:
-        await producer.stop()
-        raise
-    app[PRODUCER], app[ADMIN] = producer, admin
-    await _learn_partitions(producer, settings.kafka_ack_timeout, ingress.log)
-    ingress.publisher = Publisher(
-        producer, ack_timeout=settings.kafka_ack_timeout, counters=ingress.counters, log=ingress.log
-    )
-    ingress.readiness = KafkaReadiness(
-        admin, topics.CALLBACKS, ingress.clock, timeout=min(settings.kafka_ack_timeout, 2.0)
-    )
-    ingress.log.info("ingress_started", kafka=settings.kafka_bootstrap_servers)
-    try:
+        app[PRODUCER], app[ADMIN] = producer, admin
+        await _learn_partitions(producer, settings.kafka_ack_timeout, ingress.log)
+        publisher = Publisher(
+            producer,
+            ack_timeout=settings.kafka_ack_timeout,
+            counters=ingress.counters,
+            log=ingress.log,
+        )
+        ingress.publisher = publisher
+        ingress.readiness = KafkaReadiness(
+            admin, topics.CALLBACKS, ingress.clock, timeout=min(settings.kafka_ack_timeout, 2.0)
+        )
+        ingress.log.info("ingress_started", kafka=settings.kafka_bootstrap_servers)
         yield
     finally:
         # In-flight requests are finished by now; what is still queued is flushed by `stop`.
-        await ingress.publisher.drain()
+        ingress.publisher, ingress.readiness = None, None
+        if publisher is not None:
+            await publisher.drain()
         await producer.stop()
-        await admin.close()
+        if admin is not None:
+            await admin.close()
         ingress.log.info("ingress_stopped", published=ingress.counters.published)
 
 
