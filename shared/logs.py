@@ -89,3 +89,9 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    # The libraries' own warnings (a broker going away, say) come out in the same format.
+    for library in ("aiokafka", "aiohttp", "redis"):
+        logger = logging.getLogger(library)
+        logger.handlers[:] = [handler]
+        logger.setLevel(max(logging.WARNING, logging.getLevelName(level)))
+        logger.propagate = False
