@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
-import signal
 import sys
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -23,12 +21,11 @@ from shared.adapters.order_book import OrderBook
 from shared.adapters.outcomes import OutcomeStore
 from shared.clock import Clock, SystemClock
 from shared.domain.decision import requery_schedule
-from shared.logs import configure_logging, get_logger
+from shared.logs import get_logger
 from shared.merchants import load_merchants
-from shared.platform.client import ClientConfig, PlatformClient
-from shared.platform.retry import RetryPolicy
+from shared.platform.client import PlatformClient
 from shared.protocol.catalog import PayTypeCatalog
-from shared.settings import Settings
+from shared.service import serve
 from workers.consumer import CLOUDEVENTS_HEADERS, CallbackConsumer, RetryPoller, TopicSink
 from workers.keyed import KeyedRunner
 from workers.orders_consumer import OrdersConsumer
@@ -36,6 +33,8 @@ from workers.reconcile import Reconciler
 
 if TYPE_CHECKING:
     import argparse
+
+    from shared.settings import Settings
 
 LOCK_TTL_MS = 30_000
 STATS_EVERY = 10.0  # seconds between the worker's counters in the log
@@ -48,12 +47,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event, clock: Clock | Non
     redis = Redis.from_url(settings.redis_url)
     producer = await start_producer(settings, client_id="paynotify-worker")
     # The workers retry durably themselves (the retry set), so the client does not retry.
-    platform = PlatformClient.open(
-        ClientConfig.from_settings(settings, retry=RetryPolicy(retries=0)),
-        merchants,
-        clock=clock,
-        random=random.random,
-        limit=settings.worker_concurrency,
+    platform = PlatformClient.without_retries(
+        settings, merchants, clock=clock, limit=settings.worker_concurrency
     )
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -138,19 +133,8 @@ async def _report(stats: Counter[str], stop: asyncio.Event) -> None:
         log.info("worker_stats", **stats)
 
 
-async def _main(settings: Settings) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await run_worker(settings, stop)
-
-
 def main(args: argparse.Namespace | None = None) -> int:  # noqa: ARG001 - no flags yet
-    settings = Settings.from_env()
-    configure_logging(settings.log_level, settings.log_format)
-    asyncio.run(_main(settings))
-    return 0
+    return serve("worker", run_worker)
 
 
 if __name__ == "__main__":

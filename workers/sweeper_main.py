@@ -7,8 +7,6 @@ lease, the platform client and the producer.
 from __future__ import annotations
 
 import asyncio
-import random
-import signal
 import sys
 from typing import TYPE_CHECKING
 
@@ -20,16 +18,16 @@ from shared.adapters.order_book import OrderBook
 from shared.adapters.redis_lock import Locks
 from shared.clock import Clock, SystemClock
 from shared.domain.sweep import SweepSchedule
-from shared.logs import configure_logging, get_logger
+from shared.logs import get_logger
 from shared.merchants import load_merchants
-from shared.platform.client import ClientConfig, PlatformClient
-from shared.platform.retry import RetryPolicy
-from shared.settings import Settings
+from shared.platform.client import PlatformClient
+from shared.service import serve
 from workers.sweeper import Sweeper, SweeperLimits
 
 if TYPE_CHECKING:
     import argparse
 
+    from shared.settings import Settings
     from workers.sweeper import OrderQuery, Publisher
 
 LEASE_TTL = 10.0  # seconds: how soon a waiting instance takes over from a dead one
@@ -85,12 +83,8 @@ async def run_sweeper(settings: Settings, stop: asyncio.Event, clock: Clock | No
     redis = Redis.from_url(settings.redis_url)
     producer = await start_producer(settings, client_id="paynotify-sweeper")
     # The schedule is the sweeper's retry; the client adds none of its own.
-    platform = PlatformClient.open(
-        ClientConfig.from_settings(settings, retry=RetryPolicy(retries=0)),
-        merchants,
-        clock=clock,
-        random=random.random,
-        limit=settings.sweep_concurrency,
+    platform = PlatformClient.without_retries(
+        settings, merchants, clock=clock, limit=settings.sweep_concurrency
     )
     sweeper = build_sweeper(settings, redis, platform, producer, clock=clock)
     try:
@@ -114,19 +108,8 @@ async def run_sweeper(settings: Settings, stop: asyncio.Event, clock: Clock | No
         log.info("sweeper_stopped", **sweeper.stats)
 
 
-async def _main(settings: Settings) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await run_sweeper(settings, stop)
-
-
 def main(args: argparse.Namespace | None = None) -> int:  # noqa: ARG001 - no flags yet
-    settings = Settings.from_env()
-    configure_logging(settings.log_level, settings.log_format)
-    asyncio.run(_main(settings))
-    return 0
+    return serve("sweeper", run_sweeper)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ jitter; `Clock` and the random source are injected so tests need not sleep.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, Self, TypeVar
 
@@ -138,6 +139,20 @@ class PlatformClient:
         """A client with its own session, closed by `close()` / `async with`."""
         session = open_session(limit=limit, limit_per_host=limit)
         return cls(session, config, merchants, clock=clock, random=random, owns_session=True)
+
+    @classmethod
+    def without_retries(
+        cls, settings: Settings, merchants: Mapping[str, Merchant], *, clock: Clock, limit: int
+    ) -> Self:
+        """For callers that retry durably on their own schedule (workers, sweeper): one try per
+        call, so a slow platform never holds their work in a hidden retry loop."""
+        return cls.open(
+            ClientConfig.from_settings(settings, retry=RetryPolicy(retries=0)),
+            merchants,
+            clock=clock,
+            random=random.random,
+            limit=limit,
+        )
 
     async def close(self) -> None:
         if self._owns_session:
