@@ -1,0 +1,178 @@
+"""Ingress benchmark: the real ingress against a bare aiohttp handler, at the same concurrency.
+
+1. Peak: wrk (one thread, `--connections` keep-alive connections) POSTs pre-signed notifications
+   to a bare aiohttp server answering `success`, then to the real ingress (parse, verify the MD5
+   signature, publish with acks=all, answer after the broker's ack). Notifications/s, p50/p99.
+2. Half the ingress's peak rate: an open-loop generator (requests sent on schedule whether or not
+   earlier ones were answered) and the latency from each request's scheduled time.
+CPU of every process in each window and the ingress's peak RSS are recorded beside.
+
+    .venv/bin/python -m benchmarks.ingress [--connections 64] [--duration 10] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if not __package__:  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import profiling
+from benchmarks.common import (
+    CpuMonitor,
+    finish,
+    headline,
+    log,
+    memory_mb,
+    notification_bodies,
+    pipeline_env,
+    port_free,
+    print_table,
+    run_id,
+    services,
+)
+from benchmarks.loadgen import run_wrk, write_bodies
+from shared.stack.pipeline import Pipeline, ServiceProcess, wait_for_http
+
+WARMUP = 2.0  # seconds of load before each measured window (connections, JIT-free warm caches)
+
+
+def _peak(
+    name: str, url: str, bodies: Path, pid: int, cpu: CpuMonitor, args: argparse.Namespace
+) -> dict[str, object]:
+    run_wrk(url, bodies, connections=args.connections, duration=WARMUP)
+    start = time.time()
+    result = run_wrk(url, bodies, connections=args.connections, duration=args.duration)
+    end = time.time()
+    usage = cpu.usages(start, end)
+    log(f"{name}: {result.rate:,.0f}/s p99 {result.latency_ms['p99_ms']} ms")
+    return {
+        "case": name,
+        "connections": args.connections,
+        **result.row(),
+        "server_cpu_cores": usage.get(name),
+        "kafka_cpu_cores": usage.get("kafka"),
+        "others_cpu_cores": usage.get("others"),
+        **{f"server_{k}": v for k, v in memory_mb(pid).items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per peak window")
+    parser.add_argument("--half-duration", type=float, default=15.0)
+    parser.add_argument("--bodies", type=int, default=20_000, help="distinct signed bodies")
+    parser.add_argument("--profile", action="store_true", help="also profile the ingress")
+    args = parser.parse_args(argv)
+
+    rid = run_id()
+    with (
+        services() as svc,
+        tempfile.TemporaryDirectory(prefix="bench-ingress-") as tmp,
+        CpuMonitor() as cpu,
+    ):
+        cpu.watch("kafka", svc.kafka_pid)
+        _, bodies = notification_bodies(f"BI{rid}", args.bodies)
+        bodies_file = write_bodies(bodies, Path(tmp))
+        pipeline = Pipeline(Path(tmp), pipeline_env(svc, f"bench-ingress-{rid}"))
+        rows = []
+        try:
+            # 1a. The bare handler.
+            port = port_free()
+            bare = ServiceProcess(
+                "bare", ["-m", "benchmarks.bare_server", "--port", str(port)], {},
+                Path(tmp) / "logs" / "bare.log",
+            ).start()  # fmt: skip
+            try:
+                wait_for_http(f"http://127.0.0.1:{port}/healthz", process=bare)
+                cpu.watch("bare", bare.pid)
+                rows.append(
+                    _peak("bare", f"http://127.0.0.1:{port}/notify", bodies_file, bare.pid or 0,
+                          cpu, args)
+                )  # fmt: skip
+            finally:
+                bare.stop()
+            # 1b. The real ingress.
+            pipeline.ensure_topics()
+            ingress = pipeline.start_ingress()
+            cpu.watch("ingress", ingress.pid)
+            rows.append(_peak("ingress", pipeline.notify_url, bodies_file, ingress.pid or 0, cpu,
+                              args))  # fmt: skip
+            ingress_rss = memory_mb(ingress.pid)
+            # 2. Half the ingress's peak rate, paced (wrk2-style: each request has its slot).
+            rate = rows[1]["rate_per_s"] / 2  # type: ignore[operator]
+            paced = run_wrk(
+                pipeline.notify_url, bodies_file, connections=args.connections,
+                duration=args.half_duration, rate=rate,
+            )  # fmt: skip
+            usage = cpu.usages(paced.started_at, paced.started_at + paced.seconds)
+            half = {
+                "rate_asked_per_s": round(rate, 1),
+                **paced.row(),
+                "late_sends": paced.late,
+                "ingress_cpu_cores": usage.get("ingress"),
+                "kafka_cpu_cores": usage.get("kafka"),
+                "others_cpu_cores": usage.get("others"),
+            }
+            profile = None
+            if args.profile:
+                profile = _profile(pipeline.notify_url, bodies_file, ingress.pid or 0, args, tmp)
+        finally:
+            pipeline.stop_all()
+
+    ratio = round(rows[1]["rate_per_s"] / rows[0]["rate_per_s"], 3)  # type: ignore[operator]
+    columns = [
+        "case", "connections", "requests", "rate_per_s", "errors", "p50_ms", "p99_ms",
+        "server_cpu_cores", "kafka_cpu_cores", "generator_cpu_cores", "others_cpu_cores",
+        "server_peak_rss_mb",
+    ]  # fmt: skip
+    print_table("ingress: peak, closed loop (wrk)", rows, columns)
+    print_table(
+        "ingress: half the peak rate, paced (wrk2-style)",
+        [half],
+        ["rate_asked_per_s", "rate_per_s", "requests", "late_sends", "errors", "p50_ms",
+         "p99_ms", "p999_ms", "ingress_cpu_cores", "kafka_cpu_cores", "generator_cpu_cores",
+         "others_cpu_cores"],
+    )  # fmt: skip
+    print(
+        f"\ningress / bare = {ratio} (target >= 0.5); ingress RSS {ingress_rss} (target <= 100 MB)"
+    )
+    if profile is not None:
+        profiling.print_summary("ingress at peak", profile)
+    finish(
+        "ingress",
+        {
+            "services": svc.origin,
+            "peak": rows,
+            "ingress_over_bare": ratio,
+            "half_peak": half,
+            "ingress_memory_after_peak": ingress_rss,
+            "profile": profile,
+            "targets": {
+                "ingress_over_bare": ">= 0.5",
+                "p99_at_half_peak_ms": "< 20",
+                "ingress_rss_mb": "<= 100",
+            },
+        },
+        headline("ingress / bare notifications per second", ratio, ">= 0.5"),
+    )
+    return 0
+
+
+def _profile(
+    url: str, bodies: Path, pid: int, args: argparse.Namespace, tmp: str
+) -> dict[str, object]:
+    raw = Path(tmp) / "ingress.collapsed"
+    recording = profiling.start(pid, args.duration, raw)
+    run_wrk(url, bodies, connections=args.connections, duration=args.duration)
+    profiling.finish(recording)
+    return profiling.summarize(raw)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Worker benchmark: settled notifications/s of one worker process at 50 ms order-query latency.
+
+Cases, in the same run against the same sandbox, Kafka and Redis:
+- `worker`: `python -m workers` (concurrent across orders, `PAYNOTIFY_WORKER_CONCURRENCY` in
+  flight, commits the settled prefix);
+- `sequential`: the same `Reconciler.handle` under a consumer that takes one message, settles it,
+  commits, and takes the next (benchmarks/consumers.py);
+- the bound: in-flight limit / query latency (256 / 0.05 s = 5,120/s), computed.
+Every callback is for a paid order the sandbox confirms, so each settles as
+`paynotify.payment.succeeded` through the full path (Redis lock and write-once outcome, signed
+order query, decision, event published with acks=all, offsets committed).
+
+    .venv/bin/python -m benchmarks.worker [--callbacks 10000] [--latency 0.05] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+from pathlib import Path
+
+if not __package__:  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import profiling
+from benchmarks.common import (
+    CpuMonitor,
+    SandboxControl,
+    finish,
+    headline,
+    pipeline_env,
+    print_table,
+    run_id,
+    services,
+)
+from benchmarks.settling import COLUMNS, Bench, measure
+from shared.settings import Settings
+from shared.stack.pipeline import Pipeline
+
+SMALL_CONCURRENCY = 90
+
+
+async def _cases(bench: Bench, args: argparse.Namespace) -> dict[str, object]:
+    await bench.sandbox.chaos(args.latency)
+    rows = [
+        await measure(bench, "worker", ["-m", "workers"], args.callbacks, args.deadline),
+        # redis-py's asyncio pool holds at most 100 connections and refuses the 101st; below
+        # that, the worker's Redis calls never wait for one (see docs/performance.md).
+        await measure(
+            bench, f"worker-c{SMALL_CONCURRENCY}", ["-m", "workers"], args.callbacks,
+            args.deadline, PAYNOTIFY_WORKER_CONCURRENCY=str(SMALL_CONCURRENCY),
+        ),
+        await measure(
+            bench, "sequential", ["-m", "benchmarks.consumers", "sequential"],
+            args.sequential_callbacks, args.deadline,
+        ),
+    ]  # fmt: skip
+    profile = None
+    if args.profile:
+        raw = bench.tmp / "worker.collapsed"
+        await measure(
+            bench, "worker-profiled", ["-m", "workers"], args.callbacks, args.deadline, raw
+        )
+        profile = profiling.summarize(raw)
+    return {"rows": rows, "profile": profile}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--callbacks", type=int, default=10_000, help="for the worker")
+    parser.add_argument("--sequential-callbacks", type=int, default=300)
+    parser.add_argument("--latency", type=float, default=0.05, help="sandbox query latency, s")
+    parser.add_argument("--deadline", type=float, default=90.0, help="seconds per case, at most")
+    parser.add_argument("--profile", action="store_true", help="also profile the worker")
+    args = parser.parse_args(argv)
+
+    rid = run_id()
+    concurrency = Settings().worker_concurrency
+    with (
+        services() as svc,
+        tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp,
+        CpuMonitor() as cpu,
+    ):
+        cpu.watch("kafka", svc.kafka_pid)
+        cpu.watch("redis", svc.redis_pid)
+        pipeline = Pipeline(Path(tmp), pipeline_env(svc, f"bench-worker-{rid}"))
+        try:
+            pipeline.ensure_topics()
+            cpu.watch("sandbox", pipeline.start_sandbox().pid)
+            bench = Bench(svc, Path(tmp), cpu, rid, pipeline, SandboxControl(pipeline.sandbox_url))
+            found = asyncio.run(_cases(bench, args))
+        finally:
+            pipeline.stop_all()
+
+    rows = found["rows"]
+    bound = concurrency / args.latency
+    ours, sequential = rows[0].get("settled_per_s"), rows[2].get("settled_per_s")
+    rows.append({"case": "bound (in-flight / latency)", "settled_per_s": bound})
+    print_table(f"worker: one process, order query latency {args.latency * 1000:.0f} ms", rows,
+                COLUMNS)  # fmt: skip
+    over_sequential = round(ours / sequential, 1) if ours and sequential else None
+    of_bound = round(ours / bound, 3) if ours else None
+    print(
+        f"\nworker / sequential = {over_sequential} (target >= 50); worker / bound = {of_bound}; "
+        f"worker peak RSS {rows[0].get('consumer_peak_rss_mb')} MB (target <= 150)"
+    )
+    if found["profile"] is not None:
+        profiling.print_summary("worker (one process, all callbacks)", found["profile"])
+    finish(
+        "worker",
+        {
+            "services": svc.origin,
+            "query_latency_s": args.latency,
+            "worker_concurrency": concurrency,
+            "cases": rows,
+            "worker_over_sequential": over_sequential,
+            "worker_over_bound": of_bound,
+            "profile": found["profile"],
+            "targets": {
+                "worker_settled_per_s": ">= 1000",
+                "worker_over_sequential": ">= 50",
+                "worker_rss_mb": "<= 150",
+            },
+        },
+        headline("settled notifications/s, one worker, 50 ms query latency", ours, ">= 1000"),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
