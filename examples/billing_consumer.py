@@ -8,7 +8,9 @@ What it shows:
   apply an event twice or skip one (no consumer-group commits are involved).
 
 Run: `python examples/billing_consumer.py --state billing-state.json` (Ctrl-C to stop). It prints
-the outcome counts; a real billing system replaces `apply` with its ledger update.
+the outcome counts; a real billing system replaces `apply` with its ledger update. `make run`'s
+demo (`shared/demo`) runs `consume` for its outcome counts, and passes `on_event` to see each new
+event with its Kafka timestamp.
 """
 
 from __future__ import annotations
@@ -23,10 +25,14 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 EVENTS_TOPIC = "paynotify.events"
 
@@ -79,9 +85,17 @@ class BillingState:
 
 
 async def consume(
-    bootstrap: str, state_path: Path, stop: asyncio.Event, *, idle_exit: float | None = None
+    bootstrap: str,
+    state_path: Path,
+    stop: asyncio.Event,
+    *,
+    idle_exit: float | None = None,
+    on_event: Callable[[dict[str, Any], int], None] | None = None,
 ) -> BillingState:
-    """Consume until `stop` is set (or, with `idle_exit`, until no event came for that long)."""
+    """Consume until `stop` is set (or, with `idle_exit`, until no event came for that long).
+
+    `on_event(event, timestamp_ms)` is called once per newly applied event (never for a dropped
+    duplicate), with the Kafka record's timestamp."""
     state = BillingState.load(state_path)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
@@ -92,7 +106,7 @@ async def consume(
     )
     await consumer.start()
     try:
-        partitions = await _partitions(consumer)
+        partitions = await _partitions(bootstrap)
         tps = [TopicPartition(EVENTS_TOPIC, p) for p in partitions]
         consumer.assign(tps)
         for tp in tps:
@@ -106,7 +120,9 @@ async def consume(
             batch = await consumer.getmany(timeout_ms=200, max_records=1000)
             for tp, records in batch.items():
                 for record in records:
-                    state.apply(orjson.loads(record.value), tp.partition, record.offset)
+                    event = orjson.loads(record.value)
+                    if state.apply(event, tp.partition, record.offset) and on_event is not None:
+                        on_event(event, record.timestamp)
             if batch:
                 state.save(state_path)
                 last_event = loop.time()
@@ -117,14 +133,21 @@ async def consume(
     return state
 
 
-async def _partitions(consumer: AIOKafkaConsumer) -> list[int]:
-    async with asyncio.timeout(30):
-        while True:
-            found = consumer.partitions_for_topic(EVENTS_TOPIC)
-            if found:
-                return sorted(found)
-            await consumer.topics()  # refreshes metadata
-            await asyncio.sleep(0.2)
+async def _partitions(bootstrap: str) -> list[int]:
+    # From the broker's metadata: a consumer's own metadata holds only topics it subscribed to,
+    # and this one assigns partitions itself.
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                (described,) = await admin.describe_topics([EVENTS_TOPIC])
+                found = [p["partition"] for p in described.get("partitions") or ()]
+                if described.get("error_code") == 0 and found:
+                    return sorted(found)
+                await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
 
 
 def main() -> int:
