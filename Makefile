@@ -40,5 +40,11 @@ stack-up: install
 stack-down: install
 	$(BIN)/paynotify stack down
 
+# The demo: the local Kafka + Redis (reused if up, else started and stopped again), topics, the
+# sandbox, ingress, two workers and the sweeper; thousands of messy payments; a summary table.
+# Resize with e.g. `make run DEMO_ARGS="--orders 500 --rate 20"` (`python -m shared.demo -h`).
+run: install
+	$(PY) -m shared.demo $(DEMO_ARGS)
+
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,56 @@
+"""The demo's HTTP views: the sandbox's control API and the ingress's counters (adapters)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from shared.demo.report import IngressCounts, parse_ingress_metrics
+
+if TYPE_CHECKING:
+    import aiohttp
+
+
+class ControlError(RuntimeError):
+    """The sandbox's control API refused a request."""
+
+
+class SandboxControl:
+    """`/_sandbox/...`: scenarios, chaos, and what the platform delivered (docs/sandbox.md)."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str) -> None:
+        self._session = session
+        self._base = base_url.rstrip("/") + "/_sandbox"
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        async with self._session.request(method, f"{self._base}/{path}", **kwargs) as response:
+            body = await response.json()
+            if response.status >= 300:
+                raise ControlError(f"{method} /_sandbox/{path}: {response.status} {body}")
+            return body
+
+    async def set_chaos(self, *, query_latency: float, query_error_rate: float) -> None:
+        await self._call(
+            "PUT",
+            "chaos",
+            json={"query_latency": query_latency, "query_error_rate": query_error_rate},
+        )
+
+    async def set_scenario(self, mch_id: str, mch_order: str, scenario: dict[str, Any]) -> None:
+        await self._call(
+            "POST", "scenarios", json={"mch_id": mch_id, "mch_order": mch_order, **scenario}
+        )
+
+    async def stats(self) -> dict[str, Any]:
+        answer: dict[str, Any] = await self._call("GET", "stats")
+        return answer
+
+    async def deliveries(self, since: int, limit: int = 1000) -> tuple[list[dict[str, Any]], int]:
+        """One page of delivery attempts after `since`, and where the next page starts."""
+        page = await self._call("GET", "deliveries", params={"since": since, "limit": limit})
+        return page["deliveries"], int(page["next"])
+
+
+async def ingress_counts(session: aiohttp.ClientSession, ingress_url: str) -> IngressCounts:
+    async with session.get(f"{ingress_url.rstrip('/')}/metrics") as response:
+        response.raise_for_status()
+        return parse_ingress_metrics(await response.text())

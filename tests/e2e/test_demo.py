@@ -1,0 +1,141 @@
+"""`make run`'s demo at a small size, through its command line (`python -m shared.demo`), on the
+test session's Kafka and Redis: the same code path as `make run`, only fewer orders.
+
+- A whole run: every created and paid order has exactly one outcome of the expected type, no
+  forged notification got through, the orders whose notifications were all dropped were settled
+  by the sweeper, and afterwards every process it started is gone and its Redis database empty.
+- A Ctrl-C in the middle (SIGINT to the whole process group, as a terminal sends it): the demo
+  prints what it saw, exits 130, and leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import pytest
+from redis import Redis
+
+from shared.demo.isolation import with_database
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rpartition(")")[2].split()[0] != "Z"
+
+
+@pytest.fixture
+def demo(
+    kafka_bootstrap: str, redis_url: str, merchants_file: Path, tmp_path: Path
+) -> Iterator[Any]:
+    """Starts the demo in its own process group; stops what is left of it at the end."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(*args: str) -> subprocess.Popen[str]:
+        process = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
+            [
+                sys.executable, "-m", "shared.demo", "--merchants", str(merchants_file),
+                "--state-dir", str(tmp_path / "state"), "--json", str(tmp_path / "summary.json"),
+                *args,
+            ],
+            cwd=REPO,
+            env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "REDIS_URL": redis_url},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # its own group: a SIGINT to it is what a Ctrl-C sends
+        )  # fmt: skip
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def summary_of(tmp_path: Path) -> dict[str, Any]:
+    document: dict[str, Any] = orjson.loads((tmp_path / "summary.json").read_bytes())
+    return document
+
+
+def test_a_small_run_settles_every_order_once(demo: Any, redis_url: str, tmp_path: Path) -> None:
+    """40 orders with every kind of mess: the summary's checks all hold."""
+    process = demo("--orders", "40", "--rate", "20", "--expiry", "6", "--settle-timeout", "40")
+    output, _ = process.communicate(timeout=240)
+    assert process.returncode == 0, output
+    summary = summary_of(tmp_path)
+
+    failed = [c for c in summary["checks"] if not c["ok"]]
+    assert not failed, output
+    names = {c["name"] for c in summary["checks"]}
+    assert {
+        "every order has exactly one outcome",
+        "no forged notification accepted",
+        "dropped notifications settled by the sweeper",
+    } <= names
+    assert summary["created"] == 40
+
+    # The numbers agree with each other: one outcome per order and per repeat payment.
+    mix = summary["mix"]
+    outcomes = summary["outcomes"]
+    assert sum(outcomes.values()) == 40 + mix["repeat_payment"]
+    assert outcomes["paynotify.order.expired"] == mix["unpaid"]
+    assert outcomes["paynotify.payment.repeated"] == mix["repeat_payment"]
+    assert outcomes["paynotify.payment.amount_mismatch"] == mix["underpaid"]
+    assert summary["settled_by"]["query"] >= mix["dropped"]
+    # Every forged notification reached the ingress and was refused for its signature.
+    refused = summary["ingress"]["refused"]
+    assert refused.get("sign_mismatch (401)", 0) >= mix["forged"]
+    assert summary["ingress"]["published"] > 0
+    assert "End-to-end latency" in output
+    assert "result: ok" in output
+
+    # Everything it started is stopped, and its Redis database is empty again.
+    assert set(summary["processes"]) == {"sandbox", "ingress", "worker-0", "worker-1", "sweeper-0"}
+    assert not [name for name, pid in summary["processes"].items() if alive(pid)]
+    client = Redis.from_url(with_database(redis_url, summary["redis_db"]))
+    try:
+        assert summary["redis_db"] != 0
+        assert client.dbsize() == 0
+    finally:
+        client.close()
+
+
+def test_ctrl_c_stops_everything(demo: Any, tmp_path: Path) -> None:
+    """SIGINT to the process group mid-run: a partial summary, exit 130, no process left."""
+    process = demo("--orders", "2000", "--rate", "20")
+    assert process.stdout is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + 120
+    for line in process.stdout:  # wait until orders are being created
+        seen.append(line)
+        if line.startswith("[") and "orders" in line and not line.startswith("[    0s]"):
+            break
+        assert time.monotonic() < deadline, "".join(seen)
+    os.killpg(process.pid, signal.SIGINT)
+    rest, _ = process.communicate(timeout=90)
+    output = "".join(seen) + rest
+    assert process.returncode == 130, output
+    assert "result: interrupted" in output
+    summary = summary_of(tmp_path)
+    assert summary["interrupted"] is True
+    assert not [name for name, pid in summary["processes"].items() if alive(pid)], output
