@@ -243,7 +243,7 @@ class CpuMonitor:
     def watch(self, name: str, pid: int | None) -> None:
         if pid is not None:
             self.pids[name] = pid
-            self.samples.setdefault(name, [])
+            self.samples[name] = []  # a name watched again is a new process
             self._sample_one(name, time.time())
 
     def _sample_one(self, name: str, now: float) -> None:
@@ -466,6 +466,7 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
+        await asyncio.sleep(0)  # see read_from
         ends = await consumer.end_offsets(parts)
         return {tp.partition: offset for tp, offset in ends.items()}
     finally:
@@ -548,6 +549,9 @@ async def read_from(
                 if await consumer.position(tp) >= ends[tp.partition]:
                     remaining.discard(tp)
     finally:
+        # aiokafka 0.14: a consumer stopped before its background task first ran raises
+        # CancelledError from stop(); one turn of the loop lets that task start.
+        await asyncio.sleep(0)
         await consumer.stop()
     return found
 

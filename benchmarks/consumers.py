@@ -122,6 +122,9 @@ async def run_faststream(settings: Settings, stop: asyncio.Event, max_workers: i
     from faststream import AckPolicy  # noqa: PLC0415 - installed by `make bench` only
     from faststream.kafka import KafkaBroker  # noqa: PLC0415
 
+    # FastStream resolves the handler's annotations at run time, so this is a runtime import.
+    from faststream.kafka.annotations import KafkaMessage  # noqa: PLC0415, TC002
+
     async with settler(settings) as settle:
         broker = KafkaBroker(settings.kafka_bootstrap_servers)
         options: dict[str, Any] = {"max_workers": max_workers} if max_workers > 1 else {}
@@ -133,8 +136,9 @@ async def run_faststream(settings: Settings, stop: asyncio.Event, max_workers: i
             ack_policy=AckPolicy.ACK,
             **options,
         )
-        async def on_callback(body: bytes) -> None:
-            await settle(body, topics.CALLBACKS)
+        async def on_callback(message: KafkaMessage) -> None:
+            # The raw value, as the worker decodes it (FastStream would make a dict of it).
+            await settle(message.body, topics.CALLBACKS)
 
         await broker.start()
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -102,6 +103,7 @@ end
 
 
 def write_bodies(bodies: Sequence[bytes], directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
     path = directory / "bodies.txt"
     path.write_bytes(b"\n".join(bodies) + b"\n")
     return path
@@ -167,10 +169,18 @@ def run_wrk(
         # wrk's own CPU, read while it is alive (it is our child: gone once reaped).
         cpu_start = cpu_seconds(process.pid) or 0.0
         cpu_last = cpu_start
+        finished_at: float | None = None
         while process.poll() is None:
             value = cpu_seconds(process.pid)
             cpu_last = value if value is not None else cpu_last
             time.sleep(0.1)
+            # wrk runs its whole duration even after `limit`: once the last notification went
+            # out, a second for the answers, then SIGINT (wrk stops and still reports).
+            if limit and sendlog is not None and finished_at is None and _lines(sendlog) >= limit:
+                finished_at = time.monotonic()
+            if finished_at is not None and time.monotonic() - finished_at > 1.0:
+                process.send_signal(signal.SIGINT)
+                finished_at = float("inf")
         elapsed = time.monotonic() - started
         output = process.stdout.read().decode() if process.stdout else ""
     line = next((x for x in output.splitlines() if x.startswith("BENCH_JSON ")), None)
@@ -199,6 +209,14 @@ def run_wrk(
         generator_cpu=round((cpu_last - cpu_start) / max(elapsed, 1e-9), 3),
         started_at=started_at,
     )
+
+
+def _lines(path: Path) -> int:
+    try:
+        with path.open("rb") as handle:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 16), b""))
+    except OSError:
+        return 0
 
 
 def read_sendlog(path: Path) -> dict[int, float]:
