@@ -129,7 +129,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _report(result: RunResult, config: DemoConfig, json_path: Path | None) -> int:
     summary = summarize(result.observed)
-    sys.stdout.write(render(summary, time_scale=config.time_scale, workers=config.workers) + "\n")
+    table = render(
+        summary,
+        time_scale=config.time_scale,
+        workers=config.workers,
+        query_latency=config.query_latency,
+        query_error_rate=config.query_error_rate,
+    )
+    sys.stdout.write(table + "\n")
     if json_path is not None:
         document = {
             **summary.to_json(),

@@ -55,7 +55,7 @@ PAYER_IP = "203.0.113.7"  # documentation range: the payer's address the merchan
 
 @dataclass(frozen=True)
 class DemoConfig:
-    orders: int = 4000
+    orders: int = 5000
     rate: float = 40.0  # orders created per second, at most
     time_scale: float = 0.01  # PAYNOTIFY_TIME_SCALE of every process
     workers: int = 2

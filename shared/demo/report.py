@@ -264,7 +264,8 @@ def summarize(seen: Observed) -> Summary:
         if start is not None and event.source is not None:
             delays.setdefault(event.source, []).append(max(0.0, event.kafka_ms / 1000 - start))
     created = [o for o in seen.orders if o.mch_order in seen.created]
-    mix = Counter(o.mess.value for o in created if o.mess is not Mess.NONE)
+    messes = Counter(o.mess for o in created)
+    mix = {m.value: messes[m] for m in Mess if m is not Mess.NONE and messes[m]}
     transfers = sum(1 for o in created if o.pay_type in TRANSFER_PAY_TYPES)
     last_payment = max((e.kafka_ms / 1000 for e in payments), default=seen.started)
     answers = {
@@ -420,13 +421,24 @@ _ANSWER_LABELS = {
 }
 
 
-def render(summary: Summary, *, time_scale: float, workers: int) -> str:
+def render(
+    summary: Summary,
+    *,
+    time_scale: float,
+    workers: int,
+    query_latency: float,
+    query_error_rate: float,
+) -> str:
     """The summary table `make run` ends with."""
     table = _Table()
     table.rule("=")
     table.line(
         f"paynotify demo {summary.run_id}: {summary.created} orders, {summary.pay_types} pay "
         f"types, time scale {time_scale:g}, {workers} workers"
+    )
+    table.line(
+        f"order queries answer {query_latency * 1000:.0f} ms late, "
+        f"{query_error_rate:.0%} of them 113 (system busy)"
     )
     table.rule("=")
 
@@ -481,7 +493,11 @@ def render(summary: Summary, *, time_scale: float, workers: int) -> str:
     for check in summary.checks:
         table.line(f"  {'ok' if check.ok else 'FAIL':<5}{check.name}: {check.detail}")
     table.rule("=")
-    state = "interrupted" if summary.interrupted else ("ok" if summary.ok else "CHECKS FAILED")
+    state = (
+        "interrupted (the checks cover what happened until then)"
+        if summary.interrupted
+        else ("ok" if summary.ok else "CHECKS FAILED")
+    )
     table.line(f"result: {state}")
     return table.text()
 
@@ -498,7 +514,7 @@ class _Table:
 
     def section(self, title: str, right: str = "") -> None:
         self._lines.append("")
-        self._lines.append(f"{title}{right:>{WIDTH - len(title)}}")
+        self._lines.append(f"{title}{right:>{WIDTH - len(title)}}".rstrip())
         self.rule()
 
     def row(self, label: str, value: object) -> None:
