@@ -150,6 +150,7 @@ def _phase(
         "generator_cpu_cores": result.generator_cpu,
         "cpu_cores": usage,
         "outcomes": event_types(events),
+        "unsettled": sorted(set(by_name) - {e.key.split(":", 1)[1] for e in events})[:10],
     }
     log(f"e2e {name}: {row['sustained_per_s']}/s settled, e2e p99 {row['e2e']['p99_ms']} ms")
     return row

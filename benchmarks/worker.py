@@ -60,9 +60,12 @@ async def _cases(bench: Bench, args: argparse.Namespace) -> dict[str, object]:
     profile = None
     if args.profile:
         raw = bench.tmp / "worker.collapsed"
+        # Profiled below redis-py's pool limit, so the profile shows the settling path itself
+        # rather than the retries the pool's refusals cause.
         await measure(
-            bench, "worker-profiled", ["-m", "workers"], args.callbacks, args.deadline, raw
-        )
+            bench, "worker-profiled", ["-m", "workers"], args.callbacks, args.deadline, raw,
+            PAYNOTIFY_WORKER_CONCURRENCY=str(SMALL_CONCURRENCY),
+        )  # fmt: skip
         profile = profiling.summarize(raw)
     return {"rows": rows, "profile": profile}
 
