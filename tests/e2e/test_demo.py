@@ -1,5 +1,7 @@
-"""`make run`'s demo at a small size, through its command line (`python -m shared.demo`), on the
-test session's Kafka and Redis: the same code path as `make run`, only fewer orders.
+"""`make run`'s demo at a small size, through its command line (`python -m shared.demo`): the same
+code path as `make run`, only fewer orders. Kafka is the module's own broker (tests/e2e/conftest.py:
+other tests read the project's topics from their start), Redis the session's, where the demo claims
+an empty database of its own.
 
 - A whole run: every created and paid order has exactly one outcome of the expected type, no
   forged notification got through, the orders whose notifications were all dropped were settled
@@ -42,9 +44,7 @@ def alive(pid: int) -> bool:
 
 
 @pytest.fixture
-def demo(
-    kafka_bootstrap: str, redis_url: str, merchants_file: Path, tmp_path: Path
-) -> Iterator[Any]:
+def demo(module_kafka: str, redis_url: str, merchants_file: Path, tmp_path: Path) -> Iterator[Any]:
     """Starts the demo in its own process group; stops what is left of it at the end."""
     started: list[subprocess.Popen[str]] = []
 
@@ -56,7 +56,7 @@ def demo(
                 *args,
             ],
             cwd=REPO,
-            env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "REDIS_URL": redis_url},
+            env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": module_kafka, "REDIS_URL": redis_url},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
