@@ -36,20 +36,36 @@ EXAMPLE_MERCHANTS = REPO / "deploy" / "merchants.example.toml"
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     defaults = DemoConfig()
-    parser = argparse.ArgumentParser(prog="python -m shared.demo", description=__doc__)
-    parser.add_argument("--orders", type=int, default=defaults.orders)
+    parser = argparse.ArgumentParser(
+        prog="python -m shared.demo",
+        description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--orders", type=int, default=defaults.orders, help="orders to create")
     parser.add_argument("--rate", type=float, default=defaults.rate, help="orders per second")
-    parser.add_argument("--time-scale", type=float, default=defaults.time_scale)
-    parser.add_argument("--workers", type=int, default=defaults.workers)
+    parser.add_argument(
+        "--time-scale", type=float, default=defaults.time_scale, help="PAYNOTIFY_TIME_SCALE"
+    )
+    parser.add_argument("--workers", type=int, default=defaults.workers, help="worker processes")
     parser.add_argument(
         "--expiry", type=float, default=defaults.expiry, help="real seconds to an unpaid expiry"
     )
-    parser.add_argument("--settle-timeout", type=float, default=defaults.settle_timeout)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--merchants", type=Path, help="merchants TOML (default: the example)")
+    parser.add_argument(
+        "--settle-timeout",
+        type=float,
+        default=defaults.settle_timeout,
+        help="real seconds to wait for the last outcomes",
+    )
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="of the plan and sandbox")
+    parser.add_argument(
+        "--merchants", type=Path, help="merchants TOML (default: deploy/merchants.example.toml)"
+    )
     parser.add_argument("--state-dir", type=Path, help="default: ~/.cache/paynotify/demo/<run>")
     parser.add_argument("--json", type=Path, help="also write the summary here, as JSON")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.orders < 20 or args.workers < 1 or not args.rate > 0 or not args.time_scale > 0:
+        parser.error("--orders needs 20 or more; --workers, --rate, --time-scale must be positive")
+    return args
 
 
 class _Services:
