@@ -197,9 +197,11 @@ class CallbackConsumer:
                 positions[tp] = (offsets, position)
         if self._published:
             # Before the commit: a redelivery after it then finds the outcome marked published.
+            # Keys leave the set only once Redis has them, so a duplicate arriving meanwhile is
+            # still recognised (and not published again).
             keys = list(self._published)
-            self._published.clear()
             await self._store.mark_published(keys)
+            self._published.difference_update(keys)
         if not positions:
             return
         try:

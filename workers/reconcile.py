@@ -167,7 +167,8 @@ class Reconciler:
             pause = min(pause * 2, 1.0)
 
     async def _replay(self, report: PaymentReport, outcome: RecordedOutcome) -> Settlement:
-        if outcome.published:
+        # `published` reaches Redis in batches; until then this process remembers what it sent.
+        if outcome.published or report.order_key in self.published:
             return Settlement.DUPLICATE
         await self._publish(report.order_key, outcome)
         return Settlement.REPUBLISHED

@@ -149,14 +149,19 @@ async def test_confirmed_payment_succeeds_once_and_settles_the_record(env, kafka
 
 
 async def test_redelivery_republishes_the_recorded_event_until_marked(env, kafka_bootstrap) -> None:
-    """A redelivery before `published` is marked re-sends the same bytes, not a new decision;
-    after marking it is a duplicate and costs no platform query."""
+    """A duplicate in the same process publishes nothing; a redelivery to another process before
+    `published` is marked re-sends the same bytes, not a new decision; after marking it is a
+    duplicate and costs no platform query."""
     reconciler, platform, book, _redis, (events, _) = env
     order = unique_order()
     await book.record_pending(OrderRecord(MCH, order, 1000, 10, 1_700_000_000))
     platform.answers[order] = report(order)
     await reconciler.handle(work_for(report(order)))
-    # The platform now says something else: the recorded outcome must win regardless.
+    # In the same process, a duplicate is recognised before `published` reaches Redis.
+    assert await reconciler.handle(work_for(report(order))) is Settlement.DUPLICATE
+    # A process that crashed before marking it: the next one (which has not seen it) re-sends
+    # the recorded event, even though the platform now says something else.
+    reconciler.published.clear()
     platform.answers[order] = report(order, status=1)
     assert await reconciler.handle(work_for(report(order))) is Settlement.REPUBLISHED
     first, second = await read_topic(kafka_bootstrap, events, 2)
