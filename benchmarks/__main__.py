@@ -54,13 +54,16 @@ def main() -> int:
             ) as process:
                 # Every benchmark bounds its own phases; this is the last resort.
                 timer = threading.Timer(DEADLINE, process.terminate)
+                timer.daemon = True
                 timer.start()
-                assert process.stdout is not None
-                for line in process.stdout:
-                    sys.stdout.write(line)
-                    lines.append(line.rstrip("\n"))
-                code = process.wait()
-                timer.cancel()
+                try:
+                    assert process.stdout is not None
+                    for line in process.stdout:
+                        sys.stdout.write(line)
+                        lines.append(line.rstrip("\n"))
+                    code = process.wait()
+                finally:
+                    timer.cancel()
             if code != 0:
                 failed.append(name)
             elif lines and lines[-1].startswith("HEADLINE"):
