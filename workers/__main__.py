@@ -13,12 +13,12 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer
-from redis.asyncio import Redis
 
 from shared import topics
 from shared.adapters.kafka import start_producer
 from shared.adapters.order_book import OrderBook
 from shared.adapters.outcomes import OutcomeStore
+from shared.adapters.redis_client import connect_redis
 from shared.clock import Clock, SystemClock
 from shared.domain.decision import requery_schedule
 from shared.logs import get_logger
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from shared.settings import Settings
 
 LOCK_TTL_MS = 30_000
+# Beyond one connection per message in flight: the retry poller, the orders consumer, commits.
+REDIS_HEADROOM = 16
 STATS_EVERY = 10.0  # seconds between the worker's counters in the log
 
 
@@ -44,7 +46,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event, clock: Clock | Non
     clock = clock or SystemClock()
     log = get_logger("worker")
     merchants = load_merchants(settings.require_merchants_file())
-    redis = Redis.from_url(settings.redis_url)
+    redis = connect_redis(
+        settings.redis_url, max_connections=settings.worker_concurrency + REDIS_HEADROOM
+    )
     producer = await start_producer(settings, client_id="paynotify-worker")
     # The workers retry durably themselves (the retry set), so the client does not retry.
     platform = PlatformClient.without_retries(

@@ -10,11 +10,10 @@ import asyncio
 import sys
 from typing import TYPE_CHECKING
 
-from redis.asyncio import Redis
-
 from shared import topics
 from shared.adapters.kafka import start_producer
 from shared.adapters.order_book import OrderBook
+from shared.adapters.redis_client import connect_redis
 from shared.adapters.redis_lock import Locks
 from shared.clock import Clock, SystemClock
 from shared.domain.sweep import SweepSchedule
@@ -27,10 +26,14 @@ from workers.sweeper import Sweeper, SweeperLimits
 if TYPE_CHECKING:
     import argparse
 
+    from redis.asyncio import Redis
+
     from shared.settings import Settings
     from workers.sweeper import OrderQuery, Publisher
 
 LEASE_TTL = 10.0  # seconds: how soon a waiting instance takes over from a dead one
+# Beyond one connection per query in flight: the lease, claims, rescheduling.
+REDIS_HEADROOM = 8
 CLAIM_HOLD = 120.0  # seconds: a query with the client's timeout finishes well within this
 
 
@@ -80,7 +83,9 @@ async def run_sweeper(settings: Settings, stop: asyncio.Event, clock: Clock | No
     clock = clock or SystemClock()
     log = get_logger("sweeper")
     merchants = load_merchants(settings.require_merchants_file())
-    redis = Redis.from_url(settings.redis_url)
+    redis = connect_redis(
+        settings.redis_url, max_connections=settings.sweep_concurrency + REDIS_HEADROOM
+    )
     producer = await start_producer(settings, client_id="paynotify-sweeper")
     # The schedule is the sweeper's retry; the client adds none of its own.
     platform = PlatformClient.without_retries(

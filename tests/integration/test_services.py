@@ -9,6 +9,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.asyncio import Redis
 
+from shared.adapters.redis_client import connect_redis
 from shared.adapters.redis_lock import Locks
 
 pytestmark = pytest.mark.integration
@@ -79,6 +80,19 @@ async def test_lock_expires_by_itself(redis_url: str) -> None:
             while await redis.exists(key):
                 await asyncio.sleep(0.02)
         assert await locks.acquire(key, ttl_ms=10_000) is not None
+    finally:
+        await redis.delete(key)
+        await redis.aclose()
+
+
+async def test_busy_pool_makes_callers_wait_instead_of_failing(redis_url: str) -> None:
+    """With more commands in flight than connections, every command still succeeds: the pool
+    queues callers (redis-py's default pool would raise MaxConnectionsError)."""
+    redis = connect_redis(redis_url, max_connections=4)
+    key = f"test:pool:{uuid.uuid4().hex}"
+    try:
+        results = await asyncio.gather(*(redis.incr(key) for _ in range(300)))
+        assert sorted(results) == list(range(1, 301))
     finally:
         await redis.delete(key)
         await redis.aclose()
