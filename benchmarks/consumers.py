@@ -30,11 +30,11 @@ if not __package__:  # run as a script: make the repository root importable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
-from redis.asyncio import Redis
 
 from shared import topics
 from shared.adapters.kafka import CallbackEnvelope, start_producer
 from shared.adapters.outcomes import OutcomeStore
+from shared.adapters.redis_client import connect_redis
 from shared.clock import SystemClock
 from shared.domain.decision import requery_schedule
 from shared.logs import configure_logging
@@ -42,7 +42,7 @@ from shared.merchants import load_merchants
 from shared.platform.client import PlatformClient
 from shared.protocol.catalog import PayTypeCatalog
 from shared.settings import Settings
-from workers.__main__ import LOCK_TTL_MS
+from workers.__main__ import LOCK_TTL_MS, REDIS_HEADROOM
 from workers.consumer import CLOUDEVENTS_HEADERS, TopicSink, settle_with_retries
 from workers.reconcile import Reconciler, Work
 
@@ -55,7 +55,9 @@ async def settler(settings: Settings) -> AsyncIterator[Callable[[bytes, str], Aw
     """`settle(raw, origin)`, wired as `workers.__main__.run_worker` wires the worker."""
     clock = SystemClock()
     merchants = load_merchants(settings.require_merchants_file())
-    redis = Redis.from_url(settings.redis_url)
+    redis = connect_redis(
+        settings.redis_url, max_connections=settings.worker_concurrency + REDIS_HEADROOM
+    )
     producer = await start_producer(settings, client_id="bench-peer")
     platform = PlatformClient.without_retries(
         settings, merchants, clock=clock, limit=settings.worker_concurrency

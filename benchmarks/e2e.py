@@ -9,7 +9,7 @@ notification to the real ingress and logging when it sent it.
 2. Half that rate, paced: latency of each notification from its send to its outcome event's
    Kafka timestamp (the worker's produce time), p50/p99.
 
-    .venv/bin/python -m benchmarks.e2e [--notifications 15000] [--latency 0.05]
+    .venv/bin/python -m benchmarks.e2e [--notifications 10000] [--latency 0.05]
 """
 
 from __future__ import annotations
@@ -49,7 +49,6 @@ from benchmarks.common import (
 )
 from benchmarks.loadgen import read_sendlog, run_wrk, write_bodies
 from benchmarks.settling import warnings
-from benchmarks.worker import SMALL_CONCURRENCY
 from shared import topics
 from shared.stack.pipeline import Pipeline, ServiceProcess
 
@@ -197,14 +196,14 @@ def _config(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--notifications", type=int, default=6000, help="sustained phase")
+    parser.add_argument("--notifications", type=int, default=10_000, help="sustained phase")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--latency", type=float, default=0.05, help="sandbox query latency, s")
     parser.add_argument("--half-seconds", type=float, default=15.0, help="paced phase length")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="sustained phase cap")
     parser.add_argument("--drain-deadline", type=float, default=90.0)
     parser.add_argument(
-        "--small-concurrency", type=int, default=SMALL_CONCURRENCY,
+        "--small-concurrency", type=int, default=0,
         help="also run with this PAYNOTIFY_WORKER_CONCURRENCY (0: skip)",
     )  # fmt: skip
     args = parser.parse_args(argv)

@@ -1,8 +1,7 @@
 """Peer benchmark: the worker against the same logic under FastStream's Kafka subscriber.
 
 Same load for every case: N pre-published callbacks for paid orders, order query latency 50 ms.
-- `worker`: `python -m workers` as shipped (and, for reference, with
-  `PAYNOTIFY_WORKER_CONCURRENCY=90`, below redis-py's pool limit; see docs/performance.md);
+- `worker`: `python -m workers` as shipped;
 - `faststream-pN`: FastStream 0.7, `ack_policy=AckPolicy.ACK` (commit after the handler
   returned: at-least-once), `max_workers` = the topic's partition count, its concurrency "between
   partitions" (one message at a time per partition);
@@ -35,7 +34,6 @@ from benchmarks.common import (
     services,
 )
 from benchmarks.settling import COLUMNS, Bench, measure
-from benchmarks.worker import SMALL_CONCURRENCY
 from shared import topics
 from shared.stack.pipeline import Pipeline
 
@@ -48,10 +46,6 @@ async def _cases(bench: Bench, args: argparse.Namespace) -> list[dict[str, objec
     n, deadline = args.callbacks, args.deadline
     return [
         await measure(bench, "worker", ["-m", "workers"], n, deadline),
-        await measure(
-            bench, f"worker-c{SMALL_CONCURRENCY}", ["-m", "workers"], n, deadline,
-            PAYNOTIFY_WORKER_CONCURRENCY=str(SMALL_CONCURRENCY),
-        ),
         await measure(
             bench, f"faststream-p{count}", [*FASTSTREAM, "--max-workers", str(count)], n,
             deadline,
@@ -93,12 +87,12 @@ def main(argv: list[str] | None = None) -> int:
 
     print_table(f"peer: same load, order query latency {args.latency * 1000:.0f} ms", rows,
                 COLUMNS)  # fmt: skip
-    ours, tuned, peer = (rows[i].get("settled_per_s") for i in (0, 1, 2))
+    ours, peer, single = (rows[i].get("settled_per_s") for i in (0, 1, 2))
     ratio = round(ours / peer, 2) if ours and peer else None
-    tuned_ratio = round(tuned / peer, 2) if tuned and peer else None
+    single_ratio = round(ours / single, 2) if ours and single else None
     print(
-        f"\nworker / {rows[2]['case']} = {ratio} (target >= 4); "
-        f"{rows[1]['case']} / {rows[2]['case']} = {tuned_ratio}"
+        f"\nworker / {rows[1]['case']} = {ratio} (target >= 4); "
+        f"worker / {rows[2]['case']} = {single_ratio}"
     )
     finish(
         "peer",
@@ -107,10 +101,10 @@ def main(argv: list[str] | None = None) -> int:
             "query_latency_s": args.latency,
             "cases": rows,
             "worker_over_faststream": ratio,
-            "worker_small_concurrency_over_faststream": tuned_ratio,
+            "worker_over_faststream_single": single_ratio,
             "faststream_settings": {
                 "ack_policy": "AckPolicy.ACK",
-                "max_workers": rows[2]["case"],
+                "max_workers": rows[1]["case"],
                 "auto_offset_reset": "earliest",
             },
             "targets": {"worker_over_faststream": ">= 4"},

@@ -3,9 +3,6 @@
 Cases, in the same run against the same sandbox, Kafka and Redis:
 - `worker`: `python -m workers` (concurrent across orders, `PAYNOTIFY_WORKER_CONCURRENCY` in
   flight, commits the settled prefix);
-- `worker-c90`: the same with `PAYNOTIFY_WORKER_CONCURRENCY=90`, below redis-py's pool limit;
-- `worker-pool-sized`: the shipped worker with its Redis pool sized to its concurrency
-  (benchmarks/pool_sized_worker.py: a benchmark-only patch of the wiring, for what the fix gives);
 - `sequential`: the same `Reconciler.handle` under a consumer that takes one message, settles it,
   commits, and takes the next (benchmarks/consumers.py);
 - the bound: in-flight limit / query latency (256 / 0.05 s = 5,120/s), computed.
@@ -42,24 +39,11 @@ from benchmarks.settling import COLUMNS, Bench, measure
 from shared.settings import Settings
 from shared.stack.pipeline import Pipeline
 
-SMALL_CONCURRENCY = 90
-
 
 async def _cases(bench: Bench, args: argparse.Namespace) -> dict[str, object]:
     await bench.sandbox.chaos(args.latency)
     rows = [
         await measure(bench, "worker", ["-m", "workers"], args.callbacks, args.deadline),
-        # redis-py's asyncio pool holds at most 100 connections and refuses the 101st; below
-        # that, the worker's Redis calls never wait for one (see docs/performance.md).
-        await measure(
-            bench, f"worker-c{SMALL_CONCURRENCY}", ["-m", "workers"], args.callbacks,
-            args.deadline, PAYNOTIFY_WORKER_CONCURRENCY=str(SMALL_CONCURRENCY),
-        ),
-        # The shipped worker with its Redis pool sized to its concurrency (benchmark-only patch).
-        await measure(
-            bench, "worker-pool-sized", ["-m", "benchmarks.pool_sized_worker"], args.callbacks,
-            args.deadline,
-        ),
         await measure(
             bench, "sequential", ["-m", "benchmarks.consumers", "sequential"],
             args.sequential_callbacks, args.deadline,
@@ -68,12 +52,10 @@ async def _cases(bench: Bench, args: argparse.Namespace) -> dict[str, object]:
     profile = None
     if args.profile:
         raw = bench.tmp / "worker.collapsed"
-        # Profiled below redis-py's pool limit, so the profile shows the settling path itself
-        # rather than the retries the pool's refusals cause.
+        # A case of its own: py-spy's sampling costs the profiled process a little.
         await measure(
-            bench, "worker-profiled", ["-m", "workers"], args.callbacks, args.deadline, raw,
-            PAYNOTIFY_WORKER_CONCURRENCY=str(SMALL_CONCURRENCY),
-        )  # fmt: skip
+            bench, "worker-profiled", ["-m", "workers"], args.callbacks, args.deadline, raw
+        )
         profile = profiling.summarize(raw)
     return {"rows": rows, "profile": profile}
 
@@ -107,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = found["rows"]
     bound = concurrency / args.latency
-    ours, sequential = rows[0].get("settled_per_s"), rows[3].get("settled_per_s")
+    ours, sequential = rows[0].get("settled_per_s"), rows[1].get("settled_per_s")
     rows.append({"case": "bound (in-flight / latency)", "settled_per_s": bound})
     print_table(f"worker: one process, order query latency {args.latency * 1000:.0f} ms", rows,
                 COLUMNS)  # fmt: skip
