@@ -128,6 +128,18 @@ def _phase(
     by_name = {names[i]: at for i, at in sent.items()}
     delays = [e.timestamp - by_name[e.key.split(":", 1)[1]] for e in events
               if e.key.split(":", 1)[1] in by_name]  # fmt: skip
+    # Latency by when it was sent: a tail that grows through the phase is a backlog building.
+    buckets: dict[int, list[float]] = {}
+    start_send = min(sent.values()) if sent else 0.0
+    for e in events:
+        at = by_name.get(e.key.split(":", 1)[1])
+        if at is not None:
+            buckets.setdefault(int((at - start_send) // 2), []).append(e.timestamp - at)
+    over_time = [
+        {"sent_from_s": 2 * k, "count": len(v), "p50_ms": latency_summary_ms(v)["p50_ms"],
+         "p99_ms": latency_summary_ms(v)["p99_ms"]}
+        for k, v in sorted(buckets.items())
+    ]  # fmt: skip
     first_send = min(sent.values()) if sent else result.started_at
     last_send = max(sent.values()) if sent else first_send
     last_event = max((e.timestamp for e in events), default=first_send)
@@ -145,6 +157,7 @@ def _phase(
         "sustained_per_s": round(len(events) / max(last_event - first_send, 1e-3), 1),
         "drain_s": round(last_event - last_send, 2),
         "e2e": latency_summary_ms(delays),
+        "e2e_by_send_time": over_time,
         "late_sends": result.late,
         "generator_cpu_cores": result.generator_cpu,
         "cpu_cores": usage,
