@@ -3,8 +3,8 @@
 1. Peak: wrk (one thread, `--connections` keep-alive connections) POSTs pre-signed notifications
    to a bare aiohttp server answering `success`, then to the real ingress (parse, verify the MD5
    signature, publish with acks=all, answer after the broker's ack). Notifications/s, p50/p99.
-2. Half the ingress's peak rate: an open-loop generator (requests sent on schedule whether or not
-   earlier ones were answered) and the latency from each request's scheduled time.
+2. Paced (wrk2-style: request k is due at t0 + k / rate) at half the ingress's peak rate, and at
+   a low rate for the latency floor; late sends are counted.
 CPU of every process in each window and the ingress's peak RSS are recorded beside.
 
     .venv/bin/python -m benchmarks.ingress [--connections 64] [--duration 10] [--profile]
