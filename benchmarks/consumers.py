@@ -33,18 +33,15 @@ from aiokafka.structs import OffsetAndMetadata
 
 from shared import topics
 from shared.adapters.kafka import CallbackEnvelope, start_producer
-from shared.adapters.outcomes import OutcomeStore
 from shared.adapters.redis_client import connect_redis
 from shared.clock import SystemClock
-from shared.domain.decision import requery_schedule
 from shared.logs import configure_logging
 from shared.merchants import load_merchants
 from shared.platform.client import PlatformClient
-from shared.protocol.catalog import PayTypeCatalog
 from shared.settings import Settings
-from workers.__main__ import LOCK_TTL_MS, REDIS_HEADROOM
-from workers.consumer import CLOUDEVENTS_HEADERS, TopicSink, settle_with_retries
-from workers.reconcile import Reconciler, Work
+from workers.__main__ import REDIS_HEADROOM, build_reconciler
+from workers.consumer import settle_with_retries
+from workers.reconcile import Work
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -62,22 +59,11 @@ async def settler(settings: Settings) -> AsyncIterator[Callable[[bytes, str], Aw
     platform = PlatformClient.without_retries(
         settings, merchants, clock=clock, limit=settings.worker_concurrency
     )
-    store = OutcomeStore(
-        redis, outcome_ttl_seconds=settings.outcome_ttl_days * 86_400, lock_ttl_ms=LOCK_TTL_MS
-    )
     published: set[str] = set()
-    reconciler = Reconciler(
-        store=store,
-        platform=platform,
-        events=TopicSink(producer, topics.EVENTS, CLOUDEVENTS_HEADERS),
-        dlq=TopicSink(producer, topics.DLQ),
-        pay_types=PayTypeCatalog.documented().with_overrides(settings.pay_type_paths),
-        policy=settings.order_records,
-        schedule=requery_schedule(settings.time_scale),
-        clock=clock,
-        min_retry_delay=min(1.0, settings.scaled(1.0)),
-        published=published,
+    reconciler = build_reconciler(
+        settings, redis, producer, platform, clock=clock, published=published
     )
+    store = reconciler.store
     stats: Counter[str] = Counter()
 
     async def settle(raw: bytes, origin: str) -> None:

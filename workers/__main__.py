@@ -29,10 +29,13 @@ from shared.service import serve
 from workers.consumer import CLOUDEVENTS_HEADERS, CallbackConsumer, RetryPoller, TopicSink
 from workers.keyed import KeyedRunner
 from workers.orders_consumer import OrdersConsumer
-from workers.reconcile import Reconciler
+from workers.reconcile import OrderQuery, Reconciler
 
 if TYPE_CHECKING:
     import argparse
+
+    from aiokafka import AIOKafkaProducer
+    from redis.asyncio import Redis
 
     from shared.settings import Settings
 
@@ -40,6 +43,33 @@ LOCK_TTL_MS = 30_000
 # Beyond one connection per message in flight: the retry poller, the orders consumer, commits.
 REDIS_HEADROOM = 16
 STATS_EVERY = 10.0  # seconds between the worker's counters in the log
+
+
+def build_reconciler(
+    settings: Settings,
+    redis: Redis,
+    producer: AIOKafkaProducer,
+    platform: OrderQuery,
+    *,
+    clock: Clock,
+    published: set[str],
+) -> Reconciler:
+    """The reconciler as every worker runs it (the benchmarks' consumers use it too)."""
+    store = OutcomeStore(
+        redis, outcome_ttl_seconds=settings.outcome_ttl_days * 86_400, lock_ttl_ms=LOCK_TTL_MS
+    )
+    return Reconciler(
+        store=store,
+        platform=platform,
+        events=TopicSink(producer, topics.EVENTS, CLOUDEVENTS_HEADERS),
+        dlq=TopicSink(producer, topics.DLQ),
+        pay_types=PayTypeCatalog.documented().with_overrides(settings.pay_type_paths),
+        policy=settings.order_records,
+        schedule=requery_schedule(settings.time_scale),
+        clock=clock,
+        min_retry_delay=min(1.0, settings.scaled(1.0)),
+        published=published,
+    )
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event, clock: Clock | None = None) -> None:
@@ -66,21 +96,10 @@ async def run_worker(settings: Settings, stop: asyncio.Event, clock: Clock | Non
     )
     stats: Counter[str] = Counter()
     published: set[str] = set()
-    store = OutcomeStore(
-        redis, outcome_ttl_seconds=settings.outcome_ttl_days * 86_400, lock_ttl_ms=LOCK_TTL_MS
+    reconciler = build_reconciler(
+        settings, redis, producer, platform, clock=clock, published=published
     )
-    reconciler = Reconciler(
-        store=store,
-        platform=platform,
-        events=TopicSink(producer, topics.EVENTS, CLOUDEVENTS_HEADERS),
-        dlq=TopicSink(producer, topics.DLQ),
-        pay_types=PayTypeCatalog.documented().with_overrides(settings.pay_type_paths),
-        policy=settings.order_records,
-        schedule=requery_schedule(settings.time_scale),
-        clock=clock,
-        min_retry_delay=min(1.0, settings.scaled(1.0)),
-        published=published,
-    )
+    store = reconciler.store
     runner = KeyedRunner(settings.worker_concurrency)
     callbacks = CallbackConsumer(
         consumer,
