@@ -57,9 +57,11 @@ class ServiceProcess:
     env: Mapping[str, str]
     log: Path
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    log_start: int = 0  # where this run's output begins in a log shared with earlier runs
 
     def start(self) -> ServiceProcess:
         self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.log_start = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as out:
             self.popen = subprocess.Popen(
                 [sys.executable, *self.argv],
@@ -99,6 +101,14 @@ class ServiceProcess:
 
     def tail(self, chars: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+    def output(self) -> str:
+        """Everything this run of the process wrote (a restarted process appends to its log)."""
+        if not self.log.exists():
+            return ""
+        with self.log.open("rb") as handle:
+            handle.seek(self.log_start)
+            return handle.read().decode(errors="replace")
 
 
 @dataclass
