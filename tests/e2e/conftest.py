@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import itertools
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 import pytest
 
 from shared.stack.local import LocalStack, free_port
 from shared.stack.pipeline import Pipeline
+from tests.support.redis_db import in_db
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -35,7 +35,7 @@ def module_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def module_redis(redis_url: str) -> str:
-    return urlsplit(redis_url)._replace(path=f"/{next(_databases)}").geturl()
+    return in_db(redis_url, next(_databases))
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,12 @@ import uuid
 from collections import Counter
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 import pytest
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from redis.asyncio import Redis
 
 from shared import topics
 from shared.adapters.kafka import CallbackEnvelope, start_producer
@@ -40,6 +38,7 @@ from shared.protocol.signing import signed
 from shared.sandbox.model import SandboxConfig
 from shared.sandbox.server import build_app
 from shared.settings import Settings
+from tests.support.redis_db import clean_db, in_db
 from workers.__main__ import run_worker
 from workers.orders_consumer import OrdersConsumer
 from workers.sweeper_main import build_sweeper
@@ -48,15 +47,12 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
     from pathlib import Path
 
+    from redis.asyncio import Redis
+
 pytestmark = pytest.mark.e2e
 
 TIME_SCALE = 0.01  # first query 0.9 s after creation; the platform's 49 minutes in 29 s
 E2E_DB = 14
-
-
-def in_db(url: str, db: int) -> str:
-    """The Redis URL with its database replaced (a `db=` argument would lose to the URL's)."""
-    return urlsplit(url)._replace(path=f"/{db}").geturl()
 
 
 NOWHERE = "http://127.0.0.1:9/notify"  # never reached: the sandbox drops every try
@@ -122,13 +118,8 @@ async def sandbox(merchants: Mapping[str, Merchant]) -> AsyncIterator[Sandbox]:
 
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(in_db(redis_url, E2E_DB))
-    await client.flushdb()
-    try:
+    async with clean_db(redis_url, E2E_DB) as client:
         yield client
-    finally:
-        await client.flushdb()
-        await client.aclose()
 
 
 @pytest.fixture

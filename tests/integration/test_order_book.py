@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 import pytest
-from redis.asyncio import Redis
 
 from shared.adapters.order_book import (
     PENDING_KEY,
@@ -22,9 +20,12 @@ from shared.clock import ManualClock
 from shared.domain.orders import OrderRecord, OrderState
 from shared.domain.sweep import SweepSchedule
 from shared.protocol.models import CreateOrderRequest
+from tests.support.redis_db import clean_db
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+
+    from redis.asyncio import Redis
 
 pytestmark = pytest.mark.integration
 
@@ -32,20 +33,10 @@ CREATED = 1_700_000_000
 BOOK_DB = 11  # a database of its own: the pending index is one key for the whole book
 
 
-def in_db(url: str, db: int) -> str:
-    """The Redis URL with its database replaced (a `db=` argument would lose to the URL's)."""
-    return urlsplit(url)._replace(path=f"/{db}").geturl()
-
-
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(in_db(redis_url, BOOK_DB))
-    await client.flushdb()
-    try:
+    async with clean_db(redis_url, BOOK_DB) as client:
         yield client
-    finally:
-        await client.flushdb()
-        await client.aclose()
 
 
 def _order(mch_order: str | None = None, amt: int = 10_000) -> OrderRecord:

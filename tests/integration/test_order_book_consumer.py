@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import orjson
 import pytest
@@ -19,6 +18,7 @@ from shared.clock import SystemClock
 from shared.domain.orders import OrderRecord
 from shared.domain.sweep import SweepSchedule
 from shared.settings import Settings
+from tests.support.redis_db import clean_db
 from workers.orders_consumer import OrdersConsumer
 
 if TYPE_CHECKING:
@@ -29,20 +29,10 @@ pytestmark = pytest.mark.integration
 BOOK_DB = 12
 
 
-def in_db(url: str, db: int) -> str:
-    """The Redis URL with its database replaced (a `db=` argument would lose to the URL's)."""
-    return urlsplit(url)._replace(path=f"/{db}").geturl()
-
-
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(in_db(redis_url, BOOK_DB))
-    await client.flushdb()
-    try:
+    async with clean_db(redis_url, BOOK_DB) as client:
         yield client
-    finally:
-        await client.flushdb()
-        await client.aclose()
 
 
 def _message(mch_order: str, **change: Any) -> dict[str, Any]:

@@ -10,12 +10,10 @@ import uuid
 from collections import Counter
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
-from redis.asyncio import Redis
 
 from shared.adapters.kafka import CallbackEnvelope, start_producer
 from shared.adapters.order_book import PENDING_KEY, OrderBook
@@ -27,21 +25,18 @@ from shared.protocol.errors import OrderNotFound, PlatformUnavailable
 from shared.protocol.models import OrderQueryAnswer
 from shared.protocol.payment import PaymentReport, PaymentStatus, report_fields
 from shared.settings import Settings
+from tests.support.redis_db import clean_db
 from workers.sweeper import Sweeper, SweeperLimits
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
     from aiokafka import AIOKafkaProducer
+    from redis.asyncio import Redis
 
 pytestmark = pytest.mark.integration
 
 SWEEP_DB = 13
-
-
-def in_db(url: str, db: int) -> str:
-    """The Redis URL with its database replaced (a `db=` argument would lose to the URL's)."""
-    return urlsplit(url)._replace(path=f"/{db}").geturl()
 
 
 SCHEDULE = SweepSchedule(expiry=1.5, first_check=0.2, max_gap=0.4, settle_gap=0.3, retry_gap=0.1)
@@ -86,13 +81,8 @@ class ScriptedPlatform:
 
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(in_db(redis_url, SWEEP_DB))
-    await client.flushdb()
-    try:
+    async with clean_db(redis_url, SWEEP_DB) as client:
         yield client
-    finally:
-        await client.flushdb()
-        await client.aclose()
 
 
 @pytest.fixture
