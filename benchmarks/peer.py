@@ -16,26 +16,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import tempfile
 from pathlib import Path
 
 if not __package__:  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import (
-    CpuMonitor,
-    SandboxControl,
     finish,
     headline,
     partitions,
-    pipeline_env,
     print_table,
-    run_id,
-    services,
 )
 from benchmarks.settling import COLUMNS, Bench, measure
 from shared import topics
-from shared.stack.pipeline import Pipeline
 
 FASTSTREAM = ["-m", "benchmarks.consumers", "faststream"]
 
@@ -68,22 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             "FastStream is not installed: `make bench` installs faststream[kafka]"
         ) from None
 
-    rid = run_id()
-    with (
-        services() as svc,
-        tempfile.TemporaryDirectory(prefix="bench-peer-") as tmp,
-        CpuMonitor() as cpu,
-    ):
-        cpu.watch("kafka", svc.kafka_pid)
-        cpu.watch("redis", svc.redis_pid)
-        pipeline = Pipeline(Path(tmp), pipeline_env(svc, f"bench-peer-{rid}"))
-        try:
-            pipeline.ensure_topics()
-            cpu.watch("sandbox", pipeline.start_sandbox().pid)
-            bench = Bench(svc, Path(tmp), cpu, rid, pipeline, SandboxControl(pipeline.sandbox_url))
-            rows = asyncio.run(_cases(bench, args))
-        finally:
-            pipeline.stop_all()
+    with Bench.started("peer") as bench:
+        rows = asyncio.run(_cases(bench, args))
 
     print_table(f"peer: same load, order query latency {args.latency * 1000:.0f} ms", rows,
                 COLUMNS)  # fmt: skip
@@ -97,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     finish(
         "peer",
         {
-            "services": svc.origin,
+            "services": bench.svc.origin,
             "query_latency_s": args.latency,
             "cases": rows,
             "worker_over_faststream": ratio,

@@ -11,8 +11,11 @@ first to the last, so the process's start-up and group join are left out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -30,15 +33,17 @@ from benchmarks.common import (
     log,
     memory_mb,
     merchant,
+    pipeline_env,
     publish,
     read_from,
+    run_id,
+    services,
 )
 from shared import topics
 from shared.stack.pipeline import Pipeline, ServiceProcess
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-    from pathlib import Path
+    from collections.abc import Iterator, Sequence
 
 
 @dataclass
@@ -50,6 +55,27 @@ class Bench:
     pipeline: Pipeline
     sandbox: SandboxControl
     cases: int = 0  # numbers each case's orders apart
+
+    @classmethod
+    @contextlib.contextmanager
+    def started(cls, name: str) -> Iterator[Bench]:
+        """Services, a temporary directory, CPU watching, topics and the sandbox, for one
+        benchmark; everything it started is stopped on the way out."""
+        rid = run_id()
+        with (
+            services() as svc,
+            tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp,
+            CpuMonitor() as cpu,
+        ):
+            cpu.watch("kafka", svc.kafka_pid)
+            cpu.watch("redis", svc.redis_pid)
+            pipeline = Pipeline(Path(tmp), pipeline_env(svc, f"bench-{name}-{rid}"))
+            try:
+                pipeline.ensure_topics()
+                cpu.watch("sandbox", pipeline.start_sandbox().pid)
+                yield cls(svc, Path(tmp), cpu, rid, pipeline, SandboxControl(pipeline.sandbox_url))
+            finally:
+                pipeline.stop_all()
 
 
 async def prepare(bench: Bench, case: str, count: int) -> tuple[str, str, dict[str, Any]]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import tempfile
 from pathlib import Path
 
 if not __package__:  # run as a script: make the repository root importable
@@ -26,18 +25,12 @@ if not __package__:  # run as a script: make the repository root importable
 
 from benchmarks import profiling
 from benchmarks.common import (
-    CpuMonitor,
-    SandboxControl,
     finish,
     headline,
-    pipeline_env,
     print_table,
-    run_id,
-    services,
 )
 from benchmarks.settling import COLUMNS, Bench, measure
 from shared.settings import Settings
-from shared.stack.pipeline import Pipeline
 
 
 async def _cases(bench: Bench, args: argparse.Namespace) -> dict[str, object]:
@@ -69,23 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="also profile the worker")
     args = parser.parse_args(argv)
 
-    rid = run_id()
     concurrency = Settings().worker_concurrency
-    with (
-        services() as svc,
-        tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp,
-        CpuMonitor() as cpu,
-    ):
-        cpu.watch("kafka", svc.kafka_pid)
-        cpu.watch("redis", svc.redis_pid)
-        pipeline = Pipeline(Path(tmp), pipeline_env(svc, f"bench-worker-{rid}"))
-        try:
-            pipeline.ensure_topics()
-            cpu.watch("sandbox", pipeline.start_sandbox().pid)
-            bench = Bench(svc, Path(tmp), cpu, rid, pipeline, SandboxControl(pipeline.sandbox_url))
-            found = asyncio.run(_cases(bench, args))
-        finally:
-            pipeline.stop_all()
+    with Bench.started("worker") as bench:
+        found = asyncio.run(_cases(bench, args))
 
     rows = found["rows"]
     bound = concurrency / args.latency
@@ -104,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     finish(
         "worker",
         {
-            "services": svc.origin,
+            "services": bench.svc.origin,
             "query_latency_s": args.latency,
             "worker_concurrency": concurrency,
             "cases": rows,
