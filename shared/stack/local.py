@@ -82,7 +82,9 @@ def ensure_kafka_jars(version: str = KAFKA_VERSION) -> Path:
             capture_output=True, text=True, check=False,
         )  # fmt: skip
     if result.returncode != 0:
-        raise StackError(f"maven could not fetch Kafka {version}:\n{result.stdout[-2000:]}")
+        raise StackError(
+            f"maven could not fetch Kafka {version}:\n{(result.stdout + result.stderr)[-2000:]}"
+        )
     done.write_text(version)
     return libs
 
@@ -166,7 +168,8 @@ class LocalStack:
                 capture_output=True, text=True, check=False,
             )  # fmt: skip
             if formatted.returncode != 0:
-                raise StackError(f"kafka storage format failed:\n{formatted.stdout[-2000:]}")
+                output = (formatted.stdout + formatted.stderr)[-2000:]
+                raise StackError(f"kafka storage format failed:\n{output}")
         self._spawn("kafka", [*java, "kafka.Kafka", str(props)], home / "stdout.log")
         self._wait_for_kafka()
         _log(f"kafka {self.kafka_version} up on {self.bootstrap_servers}")
