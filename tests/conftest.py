@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import settings
 
 from shared.stack.local import LocalStack, free_port
 
@@ -31,6 +32,15 @@ TEST_KEY = "25e72d96d0ffe0bb74373344d986df3c"
 TEST_OLD_KEY = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
 OTHER_MCH_ID = "m2otherco"
 OTHER_KEY = "f00dfeedf00dfeedf00dfeedf00dfeed"
+
+
+# Hypothesis: CI replays the same examples on every run (a failure there can be replayed exactly
+# from the printed blob); local runs keep exploring new ones. `HYPOTHESIS_PROFILE` overrides.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("dev", print_blob=True)
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
+)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -55,6 +54,16 @@ def _port_open(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def kafka_cluster_id(random_bytes: Callable[[int], bytes] = os.urandom) -> str:
+    """A cluster id as Kafka's `Uuid.randomUuid` makes one: 16 random bytes in URL-safe base64,
+    drawn again when the text would start with `-` (a command line reads that as an option;
+    one id in 64 did, and `kafka-storage format -t -…` failed)."""
+    while True:
+        text = base64.urlsafe_b64encode(random_bytes(16)).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
 
 
 def _log(message: str) -> None:
@@ -162,9 +171,9 @@ class LocalStack:
             "-cp", f"{libs}/*",
         ]  # fmt: skip
         if not (data / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             formatted = subprocess.run(
-                [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+                [*java, "kafka.tools.StorageTool", "format",
+                 f"--cluster-id={kafka_cluster_id()}", "-c", str(props)],
                 capture_output=True, text=True, check=False,
             )  # fmt: skip
             if formatted.returncode != 0:
