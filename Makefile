@@ -2,11 +2,15 @@
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 BIN     := $(VENV)/bin
-PYTHON  ?= python3
+# The first Python >= 3.11 on PATH, newest first (override with PYTHON=...).
+PYTHON  ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+             command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+             2>/dev/null && { echo $$p; break; }; done)
 
-.PHONY: install test test-unit test-integration lint fmt stack-up stack-down run bench chaos clean
+.PHONY: install services-deps test test-unit test-integration lint fmt stack-up stack-down run bench chaos clean
 
 $(VENV)/.installed: pyproject.toml
+	@test -n "$(PYTHON)" || { echo "paynotify needs Python 3.11 or newer (python3.11, python3.12 or python3.13 on PATH)" >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
@@ -14,15 +18,20 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# What the local stack runs besides Python: redis-server from the distribution (installed here when
+# we are root on Debian/Ubuntu, else one line says how), Java 17+ and Maven for Kafka.
+services-deps:
+	@sh deploy/services-deps.sh
+
 # All tiers: unit, integration (real Kafka + Redis), e2e (the pipeline with the sandbox).
 # Services come from KAFKA_BOOTSTRAP_SERVERS/REDIS_URL, else a local stack on free ports.
-test: install
+test: install services-deps
 	$(PY) -m pytest
 
 test-unit: install
 	$(PY) -m pytest -m unit
 
-test-integration: install
+test-integration: install services-deps
 	$(PY) -m pytest -m "integration or e2e"
 
 lint: install
@@ -34,7 +43,7 @@ fmt: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-stack-up: install
+stack-up: install services-deps
 	$(BIN)/paynotify stack up
 
 stack-down: install
@@ -43,7 +52,7 @@ stack-down: install
 # The demo: the local Kafka + Redis (reused if up, else started and stopped again), topics, the
 # sandbox, ingress, two workers and the sweeper; thousands of messy payments; a summary table.
 # Resize with e.g. `make run DEMO_ARGS="--orders 500 --rate 20"` (`python -m shared.demo -h`).
-run: install
+run: install services-deps
 	$(PY) -m shared.demo $(DEMO_ARGS)
 
 # The five benchmarks (docs/performance.md) against one stack; not part of `make test`.

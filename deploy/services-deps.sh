@@ -1,0 +1,28 @@
+#!/bin/sh
+# Obtain what the local stack needs besides Python, or say in one line per system how to get it.
+# Skipped when KAFKA_BOOTSTRAP_SERVERS and REDIS_URL point at services somebody already runs.
+set -eu
+if [ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" ] && [ -n "${REDIS_URL:-}" ]; then
+  exit 0
+fi
+missing=0
+if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "services-deps: installing redis-server from the distribution (apt-get)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "services-deps: redis-server is missing; install it: Debian/Ubuntu 'sudo apt-get install redis-server'," \
+      "Fedora 'sudo dnf install redis', macOS 'brew install redis'" >&2
+    missing=1
+  fi
+fi
+for tool in java mvn; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "services-deps: $tool is missing; install Java 17+ and Maven: Debian/Ubuntu" \
+      "'sudo apt-get install openjdk-17-jre-headless maven', Fedora 'sudo dnf install java-17-openjdk maven'," \
+      "macOS 'brew install openjdk@17 maven'" >&2
+    missing=1
+  fi
+done
+exit "$missing"
