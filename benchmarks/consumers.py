@@ -40,7 +40,6 @@ from shared.merchants import load_merchants
 from shared.platform.client import PlatformClient
 from shared.settings import Settings
 from workers.__main__ import REDIS_HEADROOM, build_reconciler
-from workers.consumer import settle_with_retries
 from workers.reconcile import Work
 
 if TYPE_CHECKING:
@@ -60,15 +59,16 @@ async def settler(settings: Settings) -> AsyncIterator[Callable[[bytes, str], Aw
         settings, merchants, clock=clock, limit=settings.worker_concurrency
     )
     published: set[str] = set()
-    reconciler = build_reconciler(
-        settings, redis, producer, platform, clock=clock, published=published
-    )
-    store = reconciler.store
     stats: Counter[str] = Counter()
+    reconciler = build_reconciler(
+        settings, redis, producer, platform, merchants, clock=clock, published=published,
+        stats=stats,
+    )  # fmt: skip
+    store = reconciler.store
 
     async def settle(raw: bytes, origin: str) -> None:
         work = Work(envelope=CallbackEnvelope.decode(raw), origin=origin)
-        await settle_with_retries(reconciler.handle, work, clock, stats)
+        await reconciler.settle(work)
         if published:  # as the worker does before it commits
             keys = list(published)
             published.clear()

@@ -33,10 +33,12 @@ from workers.reconcile import OrderQuery, Reconciler
 
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Mapping
 
     from aiokafka import AIOKafkaProducer
     from redis.asyncio import Redis
 
+    from shared.merchants import Merchant
     from shared.settings import Settings
 
 LOCK_TTL_MS = 30_000
@@ -50,9 +52,11 @@ def build_reconciler(
     redis: Redis,
     producer: AIOKafkaProducer,
     platform: OrderQuery,
+    merchants: Mapping[str, Merchant],
     *,
     clock: Clock,
     published: set[str],
+    stats: Counter[str],
 ) -> Reconciler:
     """The reconciler as every worker runs it (the benchmarks' consumers use it too)."""
     store = OutcomeStore(
@@ -61,6 +65,7 @@ def build_reconciler(
     return Reconciler(
         store=store,
         platform=platform,
+        merchants=merchants,
         events=TopicSink(producer, topics.EVENTS, CLOUDEVENTS_HEADERS),
         dlq=TopicSink(producer, topics.DLQ),
         pay_types=PayTypeCatalog.documented().with_overrides(settings.pay_type_paths),
@@ -69,6 +74,7 @@ def build_reconciler(
         clock=clock,
         min_retry_delay=min(1.0, settings.scaled(1.0)),
         published=published,
+        stats=stats,
     )
 
 
@@ -97,18 +103,18 @@ async def run_worker(settings: Settings, stop: asyncio.Event, clock: Clock | Non
     stats: Counter[str] = Counter()
     published: set[str] = set()
     reconciler = build_reconciler(
-        settings, redis, producer, platform, clock=clock, published=published
-    )
+        settings, redis, producer, platform, merchants, clock=clock, published=published,
+        stats=stats,
+    )  # fmt: skip
     store = reconciler.store
     runner = KeyedRunner(settings.worker_concurrency)
     callbacks = CallbackConsumer(
         consumer,
         topics.CALLBACKS,
         runner,
-        reconciler.handle,
+        reconciler.settle,
         store=store,
-        dlq_producer=producer,
-        dlq_topic=topics.DLQ,
+        dlq=reconciler.dlq,
         clock=clock,
         stats=stats,
         published=published,
@@ -116,7 +122,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event, clock: Clock | Non
     retries = RetryPoller(
         store,
         runner,
-        reconciler.handle,
+        reconciler.settle,
+        dlq=reconciler.dlq,
         clock=clock,
         stats=stats,
         interval=min(0.25, settings.scaled(1.0)),

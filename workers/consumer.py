@@ -5,8 +5,11 @@
 - An offset is committed only when every message before it in its partition is settled
   (`PartitionOffsets`), so a crash at any point loses nothing: it only redelivers, and the
   write-once outcomes make a redelivery publish the same event again at most.
-- On a rebalance, revoked partitions stop being dispatched, held work gets a deadline to finish,
-  and what settled is committed before the partitions move.
+- On a rebalance, revoked partitions stop being dispatched; their work that waits for another
+  worker's lock gives way at once, the rest gets a deadline to finish, and what settled is
+  committed before the partitions move. Other partitions' work is not waited for.
+- Redis or Kafka being away never stops the loop: a commit cycle that cannot mark outcomes
+  published or commit is skipped and tried again at the next one.
 - Deferred work comes back from the Redis retry set through the same runner (`RetryPoller`).
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from typing import TYPE_CHECKING
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
@@ -23,8 +27,10 @@ from redis.exceptions import RedisError
 
 from shared.adapters.kafka import CallbackEnvelope, EnvelopeError
 from shared.logs import get_logger
+from shared.platform.retry import OUTAGE_BACKOFF
+from shared.protocol.payment import order_key
 from workers.offsets import PartitionOffsets
-from workers.reconcile import Settlement, Work, dead_letter
+from workers.reconcile import Settlement, Sink, Work, dead_letter
 
 if TYPE_CHECKING:
     from collections import Counter
@@ -59,24 +65,27 @@ class TopicSink:
         await self._producer.send_and_wait(self._topic, value, key=key, headers=self._headers)
 
 
-async def settle_with_retries(
-    handle: Callable[[Work], Awaitable[Settlement]], work: Work, clock: Clock, stats: Counter[str]
-) -> Settlement:
-    """Run `handle` until it settles the work. Redis or Kafka being away is waited out here (the
-    order's later messages wait behind it; other orders go on), never turned into a loss."""
-    log = get_logger("worker")
-    pause = 0.1
-    while True:
-        try:
-            settlement = await handle(work)
-        except (RedisError, KafkaError, OSError) as exc:
-            stats["infrastructure_retries"] += 1
-            log.warning("settle_retry", origin=work.origin, error=type(exc).__name__, pause=pause)
-            await clock.sleep(pause)
-            pause = min(pause * 2, 5.0)
-        else:
-            stats[settlement.value] += 1
-            return settlement
+class _Owned:
+    """One assigned partition: its offsets, the gate set when it is revoked (lock waits give
+    way), and how many of its jobs are queued or running."""
+
+    __slots__ = ("_jobs", "give_way", "idle", "offsets")
+
+    def __init__(self) -> None:
+        self.offsets = PartitionOffsets()
+        self.give_way = asyncio.Event()
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self._jobs = 0
+
+    def job_started(self) -> None:
+        self._jobs += 1
+        self.idle.clear()
+
+    def job_ended(self) -> None:
+        self._jobs -= 1
+        if self._jobs == 0:
+            self.idle.set()
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -96,11 +105,10 @@ class CallbackConsumer:
         consumer: AIOKafkaConsumer,
         topic: str,
         runner: KeyedRunner,
-        handle: Callable[[Work], Awaitable[Settlement]],
+        settle: Callable[[Work], Awaitable[Settlement]],
         *,
         store: OutcomeStore,
-        dlq_producer: AIOKafkaProducer,
-        dlq_topic: str,
+        dlq: Sink,
         clock: Clock,
         stats: Counter[str],
         published: set[str],
@@ -110,15 +118,14 @@ class CallbackConsumer:
         self._consumer = consumer
         self._topic = topic
         self._runner = runner
-        self._handle = handle
+        self._settle = settle  # Reconciler.settle: returns only once the message is settled
         self._store = store
-        self._dlq_producer = dlq_producer
-        self._dlq_topic = dlq_topic
+        self._dlq = dlq
         self._clock = clock
         self._stats = stats
         self._commit_interval = commit_interval
         self._revoke_deadline = revoke_deadline
-        self._offsets: dict[TopicPartition, PartitionOffsets] = {}
+        self._owned: dict[TopicPartition, _Owned] = {}
         self._log = get_logger("worker.consumer")
         self._published = published  # filled by the reconciler: outcomes to mark published
 
@@ -128,13 +135,22 @@ class CallbackConsumer:
     async def run(self, stop: asyncio.Event) -> None:
         """Fetch and dispatch until `stop` is set or a job failed; then commit what settled."""
         next_commit = self._clock.monotonic() + self._commit_interval
+        outages = 0
         while not stop.is_set():
             self._raise_if_failed()
-            batch = await self._consumer.getmany(timeout_ms=100, max_records=500)
+            try:
+                batch = await self._consumer.getmany(timeout_ms=100, max_records=500)
+            except KafkaError as exc:  # the broker away: wait it out, never exit for it
+                delay = OUTAGE_BACKOFF.backoff(outages, random.random)
+                outages += 1
+                self._log.warning("fetch_failed", error=type(exc).__name__, pause=round(delay, 3))
+                await self._clock.sleep(delay)
+                continue
+            outages = 0
             for tp, records in batch.items():
                 for record in records:
                     # A partition revoked while its records waited here is someone else's now.
-                    if tp not in self._offsets:
+                    if tp not in self._owned:
                         break
                     await self._dispatch(tp, record)
             if self._clock.monotonic() >= next_commit:
@@ -143,7 +159,10 @@ class CallbackConsumer:
         await self.drain()
 
     async def drain(self) -> None:
-        """Give held work its deadline, then commit what settled (shutdown and revocation)."""
+        """Give held work its deadline, then commit what settled (shutdown). Work waiting for
+        another worker's lock gives way at once: the group's next owner handles it."""
+        for owned in self._owned.values():
+            owned.give_way.set()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._revoke_deadline):
                 await self._runner.wait_idle()
@@ -155,43 +174,52 @@ class CallbackConsumer:
             raise RuntimeError("a reconciliation job failed unexpectedly") from self._runner.failure
 
     async def _dispatch(self, tp: TopicPartition, record: ConsumerRecord) -> None:
-        offsets = self._offsets[tp]
+        owned = self._owned[tp]
+        offsets, give_way = owned.offsets, owned.give_way
         offsets.take(record.offset)
         origin = f"{tp.topic}/{tp.partition}@{record.offset}"
         key = record.key.decode("utf-8", "replace") if record.key else origin
         raw: bytes = record.value or b""
+        owned.job_started()
 
         async def job() -> None:
             try:
-                envelope = CallbackEnvelope.decode(raw)
-            except EnvelopeError as exc:
-                await self._undecodable(key, origin, raw, str(exc))
-            else:
-                work = Work(envelope=envelope, origin=origin)
-                await settle_with_retries(self._handle, work, self._clock, self._stats)
-            offsets.settle(record.offset)
+                if give_way.is_set():  # revoked while queued: the next owner has it
+                    return
+                try:
+                    envelope = CallbackEnvelope.decode(raw)
+                except EnvelopeError as exc:
+                    await self._undecodable(key, origin, raw, str(exc))
+                else:
+                    work = Work(envelope=envelope, origin=origin, give_way=give_way)
+                    if await self._settle(work) is Settlement.GAVE_WAY:
+                        return
+                offsets.settle(record.offset)
+            finally:
+                owned.job_ended()
 
         await self._runner.submit(key, job)
 
     async def _undecodable(self, key: str, origin: str, raw: bytes, detail: str) -> None:
         value = dead_letter("undecodable", detail, origin, raw, at=self._clock.time())
-        pause = 0.1
+        retry = 0
         while True:
             try:
-                await self._dlq_producer.send_and_wait(self._dlq_topic, value, key=key)
+                await self._dlq.publish(key, value)
             except KafkaError:
-                await self._clock.sleep(pause)
-                pause = min(pause * 2, 5.0)
+                await self._clock.sleep(OUTAGE_BACKOFF.backoff(retry, random.random))
+                retry += 1
             else:
                 self._stats["dead_lettered"] += 1
                 return
 
     async def commit(self, only: Iterable[TopicPartition] | None = None) -> None:
         positions: dict[TopicPartition, tuple[PartitionOffsets, int]] = {}
-        for tp in only if only is not None else list(self._offsets):
-            offsets = self._offsets.get(tp)
-            if offsets is None:
+        for tp in only if only is not None else list(self._owned):
+            owned = self._owned.get(tp)
+            if owned is None:
                 continue
+            offsets = owned.offsets
             position = offsets.committable()
             if position is not None:
                 positions[tp] = (offsets, position)
@@ -200,7 +228,13 @@ class CallbackConsumer:
             # Keys leave the set only once Redis has them, so a duplicate arriving meanwhile is
             # still recognised (and not published again).
             keys = list(self._published)
-            await self._store.mark_published(keys)
+            try:
+                await self._store.mark_published(keys)
+            except (RedisError, OSError) as exc:
+                # Redis away: no commit this cycle (the marks must come first); the next tries.
+                self._stats["commit_skipped"] += 1
+                self._log.warning("mark_published_failed", error=type(exc).__name__)
+                return
             self._published.difference_update(keys)
         if not positions:
             return
@@ -213,34 +247,53 @@ class CallbackConsumer:
             # written once, so that only republishes the same events.
             self._log.warning("commit_failed", error=str(exc))
             return
+        except KafkaError as exc:
+            # The broker away: the same positions are committed at the next cycle.
+            self._stats["commit_skipped"] += 1
+            self._log.warning("commit_failed", error=type(exc).__name__)
+            return
         for offsets, position in positions.values():
             offsets.committed(position)
 
     def assign(self, assigned: list[TopicPartition]) -> None:
         for tp in assigned:
-            self._offsets.setdefault(tp, PartitionOffsets())
+            self._owned.setdefault(tp, _Owned())
         self._log.info("partitions_assigned", partitions=sorted(tp.partition for tp in assigned))
 
     async def revoke(self, revoked: list[TopicPartition]) -> None:
-        owned = [tp for tp in revoked if tp in self._offsets]
+        """Hand revoked partitions over quickly: their jobs waiting for a lock give way at once,
+        the others get the deadline; only then is what settled committed. Jobs of partitions
+        kept run on, unwaited (waiting for all froze the whole group for a dead worker's lock)."""
+        owned = [tp for tp in revoked if tp in self._owned]
+        started = self._clock.monotonic()
+        for tp in owned:
+            self._owned[tp].give_way.set()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._revoke_deadline):
-                await self._runner.wait_idle()
+                for tp in owned:
+                    await self._owned[tp].idle.wait()
         await self.commit(owned)
         for tp in owned:
-            del self._offsets[tp]
-        self._log.info("partitions_revoked", partitions=sorted(tp.partition for tp in owned))
+            del self._owned[tp]
+        self._log.info(
+            "partitions_revoked",
+            partitions=sorted(tp.partition for tp in owned),
+            seconds=round(self._clock.monotonic() - started, 3),
+        )
 
 
 class RetryPoller:
-    """Brings deferred work back when due, through the same runner as fresh messages."""
+    """Brings deferred work back when due, through the same runner as fresh messages. A member
+    of the retry set that does not parse (Redis values are not trusted) is dead-lettered as
+    `corrupt_retry_entry` and removed, never allowed to stop the poller."""
 
     def __init__(
         self,
         store: OutcomeStore,
         runner: KeyedRunner,
-        handle: Callable[[Work], Awaitable[Settlement]],
+        settle: Callable[[Work], Awaitable[Settlement]],
         *,
+        dlq: Sink,
         clock: Clock,
         stats: Counter[str],
         interval: float = 0.25,
@@ -249,7 +302,8 @@ class RetryPoller:
     ) -> None:
         self._store = store
         self._runner = runner
-        self._handle = handle
+        self._settle = settle
+        self._dlq = dlq
         self._clock = clock
         self._stats = stats
         self._interval = interval
@@ -258,14 +312,21 @@ class RetryPoller:
         self._log = get_logger("worker.retries")
 
     async def run(self, stop: asyncio.Event) -> None:
+        outages = 0
         while not stop.is_set():
             try:
                 members = await self._store.claim_retries(
                     self._clock.time(), self._lease, self._batch
                 )
-            except RedisError as exc:
+            except (RedisError, OSError) as exc:
+                delay = OUTAGE_BACKOFF.backoff(outages, random.random)
+                outages += 1
                 self._log.warning("retry_claim_failed", error=type(exc).__name__)
-                members = []
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await stop.wait()
+                continue
+            outages = 0
             for member in members:
                 await self._dispatch(member)
             if len(members) < self._batch:
@@ -274,22 +335,42 @@ class RetryPoller:
                         await stop.wait()
 
     async def _dispatch(self, member: bytes) -> None:
-        work = Work.from_retry(member)
-        key = (
-            f"{work.envelope.fields.get('mch_id', '')}:{work.envelope.fields.get('mch_order', '')}"
-        )
+        try:
+            work = Work.from_retry(member)
+        except EnvelopeError as exc:
+            detail = str(exc)
+            await self._runner.submit(repr(member[:64]), lambda: self._corrupt(member, detail))
+            return
+        key = order_key(work.envelope.fields.get("mch_id", ""), work.envelope.fields["mch_order"])
 
         async def job() -> None:
-            await settle_with_retries(self._handle, work, self._clock, self._stats)
+            await self._settle(work)
             # Only now: until here a crash leaves the member to come due again after its lease.
-            pause = 0.1
-            while True:
-                try:
-                    await self._store.finish_retry(member)
-                except RedisError:
-                    await self._clock.sleep(pause)
-                    pause = min(pause * 2, 5.0)
-                else:
-                    return
+            await self._finish(member)
 
         await self._runner.submit(key, job)
+
+    async def _corrupt(self, member: bytes, detail: str) -> None:
+        value = dead_letter("corrupt_retry_entry", detail, "retry-set", member, self._clock.time())
+        retry = 0
+        while True:
+            try:
+                await self._dlq.publish("retry-set", value)
+            except KafkaError:
+                await self._clock.sleep(OUTAGE_BACKOFF.backoff(retry, random.random))
+                retry += 1
+            else:
+                self._stats["dead_lettered"] += 1
+                break
+        await self._finish(member)
+
+    async def _finish(self, member: bytes) -> None:
+        retry = 0
+        while True:
+            try:
+                await self._store.finish_retry(member)
+            except (RedisError, OSError):
+                await self._clock.sleep(OUTAGE_BACKOFF.backoff(retry, random.random))
+                retry += 1
+            else:
+                return

@@ -2,7 +2,13 @@
 
 `Reconciler.handle` returns only when the message is settled: its outcome published, nothing to
 do (unpaid, duplicate), deferred durably to the retry set, or dead-lettered with its reason.
-Infrastructure failures (Redis, Kafka) raise; the caller retries the whole step.
+Infrastructure failures (Redis, Kafka) raise. `Reconciler.settle` is what consumers call: it
+retries those with backoff, bounds every attempt, and dead-letters anything unexpected, so no
+single message can stop a partition or the worker.
+
+Nothing on the topic is trusted: every envelope's signature is checked against the merchant's
+keys (the ingress's notifications and the sweeper's query answers are both signed by the
+platform with those keys) before any state is read or written.
 """
 
 from __future__ import annotations
@@ -10,13 +16,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import random
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
+from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
 
-from shared.adapters.kafka import CallbackEnvelope
+from shared.adapters.kafka import CallbackEnvelope, EnvelopeError
 from shared.adapters.order_book import CorruptRecordError
 from shared.adapters.outcomes import Busy, Decided, Locked, OutcomeStore, RecordedOutcome
 from shared.domain.decision import (
@@ -30,6 +40,7 @@ from shared.domain.decision import (
 )
 from shared.domain.events import EventType, PaymentReconciled, encode, event_id
 from shared.logs import get_logger
+from shared.platform.retry import OUTAGE_BACKOFF
 from shared.protocol.errors import (
     AnswerSignatureError,
     MalformedAnswer,
@@ -39,11 +50,13 @@ from shared.protocol.errors import (
 )
 from shared.protocol.fields import FieldError
 from shared.protocol.payment import PaymentReport, parse_payment_report
+from shared.protocol.signing import SignatureError, verify
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Container, Sequence
+    from collections.abc import AsyncIterator, Callable, Container, Mapping, Sequence
 
     from shared.clock import Clock
+    from shared.merchants import Merchant
     from shared.protocol.models import OrderQueryAnswer
 
 # Outcomes after which the order book stops chasing the order. `unconfirmed` leaves it pending
@@ -53,6 +66,11 @@ _SETTLING = frozenset({EventType.PAYMENT_SUCCEEDED, EventType.PAYMENT_AMOUNT_MIS
 
 # Answers that did not verify or parse may come from an impostor: retried as if unreachable.
 _SUSPECT_ANSWERS = (AnswerSignatureError, MalformedAnswer)
+# A service being away: waited out, never a reason to drop the message or stop the worker.
+_OUTAGES = (RedisError, KafkaError, OSError)
+# Envelope sources whose report the platform signed with the merchant's key.
+_SOURCES = frozenset({"notification", "query"})
+DETAIL_LIMIT = 200  # characters of an unexpected error's message kept in its dead letter
 
 
 class Settlement(StrEnum):
@@ -62,6 +80,7 @@ class Settlement(StrEnum):
     NO_OUTCOME = "no_outcome"  # status 1 (unpaid): nothing to decide
     DEFERRED = "deferred"  # scheduled in the durable retry set
     DEAD_LETTERED = "dead_lettered"  # on paynotify.dlq with its reason
+    GAVE_WAY = "gave_way"  # NOT settled: its partition was revoked; the next owner handles it
 
 
 class OrderQuery(Protocol):
@@ -82,6 +101,9 @@ class Work:
     attempts: int = 0  # transient failures so far
     requeries: int = 0  # re-queries already done because the platform did not confirm
     origin: str = ""  # where it came from, for logs and dead letters ("topic/partition@offset")
+    # Set when the message's partition is revoked: waiting for another worker's lock stops at
+    # once (the next owner redelivers). Not part of the retry form.
+    give_way: asyncio.Event | None = field(default=None, compare=False, repr=False)
 
     def to_retry(self) -> bytes:
         return orjson.dumps(
@@ -95,13 +117,28 @@ class Work:
 
     @classmethod
     def from_retry(cls, member: bytes) -> Work:
-        document = orjson.loads(member)
-        return cls(
-            envelope=CallbackEnvelope.decode(orjson.dumps(document["envelope"])),
-            attempts=int(document["attempts"]),
-            requeries=int(document["requeries"]),
-            origin=str(document.get("origin", "")),
-        )
+        """Parse a retry-set member strictly, or raise `EnvelopeError` (Redis is not trusted)."""
+        try:
+            document = orjson.loads(member)
+        except orjson.JSONDecodeError:
+            raise EnvelopeError("retry entry is not JSON") from None
+        if not isinstance(document, dict) or not isinstance(document.get("envelope"), dict):
+            raise EnvelopeError("retry entry has no envelope object")
+        counts = (document.get("attempts"), document.get("requeries"))
+        origin = document.get("origin", "")
+        attempts, requeries = (_retry_count(count) for count in counts)
+        if not isinstance(origin, str):
+            raise EnvelopeError("retry entry origin must be a string")
+        envelope = CallbackEnvelope.decode(orjson.dumps(document["envelope"]))
+        if "mch_order" not in envelope.fields:
+            raise EnvelopeError("retry entry's report has no mch_order")
+        return cls(envelope=envelope, attempts=attempts, requeries=requeries, origin=origin)
+
+
+def _retry_count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1000:
+        raise EnvelopeError("retry entry counts must be integers from 0 to 1000")
+    return value
 
 
 def dead_letter(reason: str, detail: str, origin: str, payload: bytes, at: float) -> bytes:
@@ -119,10 +156,19 @@ def dead_letter(reason: str, detail: str, origin: str, payload: bytes, at: float
     return orjson.dumps(document)
 
 
+class _Refused(Exception):  # noqa: N818 - a refusal, not an error of ours
+    """An envelope that must not change any state: dead-lettered with `reason`."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
 @dataclass
 class Reconciler:
     store: OutcomeStore
     platform: OrderQuery
+    merchants: Mapping[str, Merchant]  # whose keys verify every envelope
     events: Sink
     dlq: Sink
     pay_types: Container[int]
@@ -132,13 +178,70 @@ class Reconciler:
     min_retry_delay: float = 1.0  # seconds, already scaled
     lock_wait: float = 35.0  # seconds to wait for another worker's lock before deferring
     renew_every: float = 10.0  # seconds between lock renewals while the platform answers
+    renew_timeout: float = 5.0  # bound on one renewal, and on waiting for the renewer to stop
+    # Bound on one attempt at a message (lock wait + query + decide + publish); past it the
+    # attempt is abandoned (as a crash would) and tried again, then dead-lettered.
+    attempt_deadline: float = 90.0
+    deadline_attempts: int = 3
     published: set[str] = field(default_factory=set)  # order keys published since the last commit
+    stats: Counter[str] = field(default_factory=Counter)
+    random: Callable[[], float] = random.random
 
     def __post_init__(self) -> None:
         self._log = get_logger("worker")
 
-    async def handle(self, work: Work) -> Settlement:
+    async def settle(self, work: Work) -> Settlement:
+        """`handle` until the message is settled: outages waited out with backoff, each attempt
+        bounded, and an unexpected error dead-lettered as `internal_error`, so that one message
+        can never stop its partition (its offset is committed once it is on the DLQ)."""
+        outages = overruns = 0
+        while True:
+            try:
+                async with asyncio.timeout(self.attempt_deadline):
+                    settlement = await self.handle(work)
+            except TimeoutError as exc:  # before _OUTAGES: TimeoutError is an OSError
+                overruns += 1
+                self.stats["attempt_deadline_exceeded"] += 1
+                self._log.error(
+                    "attempt_deadline_exceeded", origin=work.origin, attempt=overruns,
+                    deadline=self.attempt_deadline,
+                )  # fmt: skip
+                if overruns >= self.deadline_attempts:
+                    return await self._internal_error(work, exc, "deadline_exceeded")
+            except _OUTAGES as exc:
+                delay = OUTAGE_BACKOFF.backoff(outages, self.random)
+                outages += 1
+                self.stats["infrastructure_retries"] += 1
+                self._log.warning(
+                    "settle_retry", origin=work.origin, error=type(exc).__name__,
+                    pause=round(delay, 3),
+                )  # fmt: skip
+                await self.clock.sleep(delay)
+            except Exception as exc:  # the one place an unexpected error is handled
+                return await self._internal_error(work, exc, "internal_error")
+            else:
+                self.stats[settlement.value] += 1
+                return settlement
+
+    async def _internal_error(self, work: Work, exc: BaseException, reason: str) -> Settlement:
+        self.stats[reason] += 1
+        self._log.exception("message_failed_unexpectedly", origin=work.origin, reason=reason)
+        detail = f"{type(exc).__name__}: {str(exc)[:DETAIL_LIMIT]}".rstrip(": ")
+        # Dead-lettering waits out a Kafka outage itself: the message is never dropped.
+        retry = 0
+        while True:
+            try:
+                return await self._dead_letter(work, reason, detail, None)
+            except _OUTAGES:
+                await self.clock.sleep(OUTAGE_BACKOFF.backoff(retry, self.random))
+                retry += 1
+
+    async def handle(self, work: Work) -> Settlement:  # noqa: PLR0911 - a return per way to settle
         envelope = work.envelope
+        try:
+            key_id = self._verify(work)
+        except _Refused as exc:
+            return await self._dead_letter(work, exc.reason, str(exc), None)
         try:
             report = parse_payment_report(envelope.fields, self.pay_types)
         except FieldError as exc:
@@ -146,24 +249,53 @@ class Reconciler:
         if not report.paid:
             return Settlement.NO_OUTCOME
         try:
-            state = await self._begin(report)
+            state = await self._begin(report, work.give_way)
         except CorruptRecordError as exc:
             return await self._dead_letter(work, "corrupt_order_record", str(exc), report)
+        if state is None:
+            return Settlement.GAVE_WAY
         if isinstance(state, Decided):
             return await self._replay(report, state.outcome)
         if isinstance(state, Busy):
             return await self._defer(work, report, None, self.min_retry_delay, transient=True)
-        return await self._reconcile(work, report, state)
+        return await self._reconcile(work, report, state, key_id)
 
-    async def _begin(self, report: PaymentReport) -> Decided | Locked | Busy:
-        """Take the lock, or find the outcome; wait a while for another worker's lock."""
+    def _verify(self, work: Work) -> str:
+        """The id of the merchant key the envelope's report verifies under, or `_Refused`.
+
+        Whoever can write to the callbacks topic must not be able to record anything: a forged
+        message would otherwise decide the payment (write-once) before the genuine one arrives.
+        """
+        envelope = work.envelope
+        if envelope.source not in _SOURCES:
+            raise _Refused("unknown_source", f"envelope source {envelope.source!r} is not known")
+        merchant = self.merchants.get(envelope.fields.get("mch_id", ""))
+        if merchant is None:
+            raise _Refused("unknown_merchant", "the envelope's merchant is not configured")
+        try:
+            return verify(envelope.fields, merchant.keys).key_id
+        except SignatureError as exc:
+            raise _Refused("bad_signature", f"the envelope's report {exc.reason}") from None
+
+    async def _begin(
+        self, report: PaymentReport, give_way: asyncio.Event | None
+    ) -> Decided | Locked | Busy | None:
+        """Take the lock, or find the outcome; wait a while for another worker's lock, unless
+        the message's partition is revoked meanwhile (None: give way to its next owner)."""
         deadline = self.clock.monotonic() + self.lock_wait
         pause = 0.02
         while True:
+            if give_way is not None and give_way.is_set():
+                return None
             state = await self.store.begin(report.order_key, report.mch_id, record_order(report))
             if not isinstance(state, Busy) or self.clock.monotonic() >= deadline:
                 return state
-            await self.clock.sleep(pause)
+            if give_way is None:
+                await self.clock.sleep(pause)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(pause):
+                        await give_way.wait()
             pause = min(pause * 2, 1.0)
 
     async def _replay(self, report: PaymentReport, outcome: RecordedOutcome) -> Settlement:
@@ -173,7 +305,9 @@ class Reconciler:
         await self._publish(report.order_key, outcome)
         return Settlement.REPUBLISHED
 
-    async def _reconcile(self, work: Work, report: PaymentReport, lock: Locked) -> Settlement:
+    async def _reconcile(
+        self, work: Work, report: PaymentReport, lock: Locked, key_id: str
+    ) -> Settlement:
         try:
             async with self._renewing(report.order_key, lock.token):
                 answer = await self.platform.query_order(report.mch_id, report.mch_order)
@@ -193,7 +327,7 @@ class Reconciler:
             report=report,
             source="query" if work.envelope.source == "query" else "notification",
             delivery_ids=(work.envelope.delivery_id,),
-            key_id=work.envelope.key_id,
+            key_id=key_id,
         )
         decision = decide(
             notice,
@@ -285,19 +419,41 @@ class Reconciler:
 
     @contextlib.asynccontextmanager
     async def _renewing(self, order_key: str, token: str) -> AsyncIterator[None]:
-        """Keep the lock alive while the platform takes its time."""
+        """Keep the lock alive while the platform takes its time.
+
+        The renewer stops by a flag as well as by cancellation, and is awaited with a bound: a
+        cancel that lands while it sits in a Redis call can be lost (seen after a 10-30 s
+        pause), and an unbounded await then hung the job, renewing its lock for ever.
+        """
+        done = asyncio.Event()
 
         async def renew() -> None:
-            while True:
-                await self.clock.sleep(self.renew_every)
-                if not await self.store.renew(order_key, token):
+            while not done.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.renew_every):
+                        await done.wait()
+                if done.is_set():
+                    return
+                try:
+                    async with asyncio.timeout(self.renew_timeout):
+                        held = await self.store.renew(order_key, token)
+                except _OUTAGES as exc:  # TimeoutError included; the next period tries again
+                    self._log.warning(
+                        "lock_renew_failed", order=order_key, error=type(exc).__name__
+                    )
+                    continue
+                if not held:
                     self._log.warning("lock_lost", order=order_key)
                     return
 
-        task = asyncio.create_task(renew())
+        task = asyncio.create_task(renew(), name=f"renew:{order_key}")
         try:
             yield
         finally:
+            done.set()
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            finished, _ = await asyncio.wait({task}, timeout=self.renew_timeout)
+            if not finished:
+                # It stops by the flag at its next step; the job does not wait for it.
+                self.stats["renewer_stuck"] += 1
+                self._log.error("lock_renewer_stuck", order=order_key)

@@ -1,12 +1,17 @@
-"""How long to wait before retrying a transient platform failure. Pure: randomness is passed in."""
+"""How long to wait before retrying a transient failure (the platform, or Redis and Kafka being
+away). Randomness and time are passed in."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
+
+    from shared.clock import Clock
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,3 +42,29 @@ class RetryPolicy:
                 break
             step = min(self.max_delay, step * self.multiplier)
         return step / 2 + step / 2 * random()
+
+
+OUTAGE_BACKOFF = RetryPolicy(retries=0, base_delay=0.1, max_delay=5.0)
+
+
+async def wait_out(
+    call: Callable[[], Awaitable[_T]],
+    *,
+    errors: tuple[type[BaseException], ...],
+    clock: Clock,
+    random: Callable[[], float],
+    on_retry: Callable[[BaseException, float], None] | None = None,
+    policy: RetryPolicy = OUTAGE_BACKOFF,
+) -> _T:
+    """Call until it returns, waiting out `errors` (a service being away) with capped, jittered
+    backoff; anything else propagates. Callers bound each try themselves (client timeouts)."""
+    retry = 0
+    while True:
+        try:
+            return await call()
+        except errors as exc:
+            delay = policy.backoff(retry, random)
+            if on_retry is not None:
+                on_retry(exc, delay)
+            await clock.sleep(delay)
+            retry += 1

@@ -7,9 +7,10 @@ each rule can be driven directly; the sandbox platform drives the same code in t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import orjson
 import pytest
@@ -22,11 +23,14 @@ from shared.adapters.outcomes import RETRY_KEY, OutcomeStore, outcome_key
 from shared.clock import SystemClock
 from shared.domain.decision import requery_schedule
 from shared.domain.orders import OrderRecord
+from shared.merchants import parse_merchants
 from shared.protocol.catalog import PayTypeCatalog
 from shared.protocol.errors import OrderNotFound, PlatformUnavailable
 from shared.protocol.models import OrderQueryAnswer
 from shared.protocol.payment import PaymentReport, PaymentStatus, report_fields
+from shared.protocol.signing import signed
 from shared.settings import Settings
+from tests.conftest import TEST_KEY
 from workers.consumer import TopicSink
 from workers.reconcile import Reconciler, Settlement, Work
 
@@ -57,7 +61,7 @@ def report(
 
 def work_for(r: PaymentReport, **kw) -> Work:
     envelope = CallbackEnvelope(
-        fields={**report_fields(r), "sign": "0" * 32},
+        fields=signed(report_fields(r), TEST_KEY),
         key_id="sha256:test",
         received_at=1_700_000_061.0,
         peer="127.0.0.1",
@@ -94,6 +98,7 @@ async def env(kafka_bootstrap: str, redis_url: str, fresh_topic):
     reconciler = Reconciler(
         store=store,
         platform=platform,
+        merchants=parse_merchants({"merchants": {MCH: {"keys": [TEST_KEY]}}}),
         events=TopicSink(producer, events_topic),
         dlq=TopicSink(producer, dlq_topic),
         pay_types=PayTypeCatalog.documented(),
@@ -273,7 +278,7 @@ async def test_invalid_fields_are_dead_lettered(env, kafka_bootstrap) -> None:
     work = work_for(report(unique_order()))
     bad = Work(
         envelope=CallbackEnvelope(
-            fields={**work.envelope.fields, "amt": "-5"},
+            fields=signed({**work.envelope.fields, "amt": "-5"}, TEST_KEY),
             key_id="k",
             received_at=0.0,
             peer=None,
@@ -299,3 +304,167 @@ async def test_a_corrupt_order_record_dead_letters_and_frees_the_lock(env, kafka
     assert letter["reason"] == "corrupt_order_record"
     assert await redis.exists(f"pn:lock:{MCH}:{order}") == 0
     assert platform.calls == []
+
+
+# --- Trust and faults (issue 10): each test below failed on the code before its fix ------------
+
+
+def forged(r: PaymentReport) -> Work:
+    """A message as a topic writer without the merchant's key could put it on the topic."""
+    work = work_for(r)
+    fields = {**work.envelope.fields, "sign": "f" * 32}
+    return Work(envelope=replace(work.envelope, fields=fields), origin=work.origin)
+
+
+async def test_a_forged_envelope_changes_nothing_and_the_genuine_one_then_succeeds(
+    env, kafka_bootstrap
+) -> None:
+    """Hole 4: a wrong-signature message claiming 5 li used to record a permanent
+    amount_mismatch, and the genuine notification was then a duplicate. Now it is dead-lettered
+    as bad_signature before any state is read or written."""
+    reconciler, platform, book, redis, (events, dlq) = env
+    order = unique_order()
+    await book.record_pending(OrderRecord(MCH, order, 1000, 10, 1_700_000_000))
+    platform.answers[order] = report(order)
+
+    assert await reconciler.handle(forged(report(order, amt=5, mch_amt=5))) is (
+        Settlement.DEAD_LETTERED
+    )
+    (letter,) = await read_topic(kafka_bootstrap, dlq, 1)
+    assert letter["reason"] == "bad_signature"
+    assert "f" * 32 not in letter["detail"]
+    assert platform.calls == []
+    assert await redis.exists(outcome_key(f"{MCH}:{order}"), f"pn:lock:{MCH}:{order}") == 0
+
+    assert await reconciler.handle(work_for(report(order))) is Settlement.PUBLISHED
+    (event,) = await read_topic(kafka_bootstrap, events, 1)
+    assert event["type"] == "paynotify.payment.succeeded"
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"source": "somebody"}, "unknown_source"),
+        ({"fields": {"mch_id": "nobody", "mch_order": "o1", "sign": "0" * 32}}, "unknown_merchant"),
+    ],
+)
+async def test_an_envelope_from_an_unknown_source_or_merchant_is_refused(
+    env, kafka_bootstrap, change, reason
+) -> None:
+    reconciler, platform, _book, _redis, (_events, dlq) = env
+    work = work_for(report(unique_order()))
+    bad = Work(envelope=replace(work.envelope, **change), origin=work.origin)
+    assert await reconciler.handle(bad) is Settlement.DEAD_LETTERED
+    (letter,) = await read_topic(kafka_bootstrap, dlq, 1)
+    assert letter["reason"] == reason
+    assert platform.calls == []
+
+
+async def test_a_query_sourced_envelope_verifies_like_a_notification(env, kafka_bootstrap) -> None:
+    """The sweeper forwards the platform's signed answer: it settles; a tampered one does not."""
+    reconciler, platform, book, _redis, (events, dlq) = env
+    order = unique_order()
+    await book.record_pending(OrderRecord(MCH, order, 1000, 10, 1_700_000_000))
+    platform.answers[order] = report(order)
+    work = work_for(report(order))
+    query = Work(envelope=replace(work.envelope, source="query"), origin="sweeper")
+    tampered = {**query.envelope.fields, "amt": "999"}
+    refused = Work(envelope=replace(query.envelope, fields=tampered), origin="sweeper")
+
+    assert await reconciler.handle(refused) is Settlement.DEAD_LETTERED
+    assert await reconciler.handle(query) is Settlement.PUBLISHED
+    (event,) = await read_topic(kafka_bootstrap, events, 1)
+    assert event["data"]["source"] == "query"
+    (letter,) = await read_topic(kafka_bootstrap, dlq, 1)
+    assert letter["reason"] == "bad_signature"
+
+
+async def test_an_unexpected_error_dead_letters_the_message_and_the_next_one_settles(
+    env, kafka_bootstrap
+) -> None:
+    """Hole 1's principle: an error nobody foresaw (here the platform stand-in raises
+    RuntimeError) sends that message to the DLQ as internal_error; it never stops the worker."""
+    reconciler, platform, book, _redis, (events, dlq) = env
+    bad, good = unique_order(), unique_order()
+    for order in (bad, good):
+        await book.record_pending(OrderRecord(MCH, order, 1000, 10, 1_700_000_000))
+    platform.answers[bad] = RuntimeError("boom")
+    platform.answers[good] = report(good)
+
+    assert await reconciler.settle(work_for(report(bad))) is Settlement.DEAD_LETTERED
+    assert await reconciler.settle(work_for(report(good))) is Settlement.PUBLISHED
+    (letter,) = await read_topic(kafka_bootstrap, dlq, 1)
+    assert letter["reason"] == "internal_error"
+    assert letter["detail"] == "RuntimeError: boom"
+    assert letter["payload"]["fields"]["mch_order"] == bad
+    (event,) = await read_topic(kafka_bootstrap, events, 1)
+    assert event["data"]["mch_order"] == good
+    assert reconciler.stats["internal_error"] == 1
+
+
+class _StubbornRenewals:
+    """The real store, except that a renewal in flight swallows every cancellation for 5 s (as
+    a Redis call did after a long pause) before it goes on."""
+
+    def __init__(self, store: OutcomeStore) -> None:
+        self._store = store
+        self.renewals = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self._store, name)
+
+    async def renew(self, order_key: str, token: str) -> bool:
+        self.renewals += 1
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 5
+        while (left := until - loop.time()) > 0:
+            with contextlib.suppress(asyncio.CancelledError):  # the cancel is lost
+                await asyncio.sleep(left)
+        return False  # (touches no connection the test's teardown closes)
+
+
+async def test_a_renewal_that_loses_its_cancel_does_not_hang_the_job(env, kafka_bootstrap) -> None:
+    """Hole 7: the job used to await its renewer without a bound; a renewer that missed its
+    cancel then hung the job (and renewed its lock) for good. Now it is stopped by a flag and
+    awaited with a bound, and the job settles."""
+    reconciler, _platform, book, _redis, _ = env
+    order = unique_order()
+    await book.record_pending(OrderRecord(MCH, order, 1000, 10, 1_700_000_000))
+    stubborn = _StubbornRenewals(reconciler.store)
+    slow = replace(reconciler, store=stubborn, renew_every=0.05, renew_timeout=0.3)
+
+    class SlowPlatform(ScriptedPlatform):
+        async def query_order(self, mch_id: str, mch_order: str) -> OrderQueryAnswer:
+            await asyncio.sleep(0.2)  # the renewer is inside renew() when the answer comes
+            return await super().query_order(mch_id, mch_order)
+
+    slow.platform = SlowPlatform(answers={order: report(order)})
+    async with asyncio.timeout(3):  # the old code waited the full 5 s of the lost cancels
+        assert await slow.handle(work_for(report(order))) is Settlement.PUBLISHED
+    assert stubborn.renewals >= 1
+    assert slow.stats["renewer_stuck"] == 1
+
+
+async def test_waiting_for_a_dead_workers_lock_gives_way_when_the_partition_goes(
+    env, kafka_bootstrap
+) -> None:
+    """Hole 9: a job waiting for another worker's lock held up the revocation of every
+    partition for up to 35 s. Now it gives way at once: not settled, nothing deferred."""
+    reconciler, platform, book, redis, _ = env
+    order = unique_order()
+    await book.record_pending(OrderRecord(MCH, order, 1000, 10, 1_700_000_000))
+    platform.answers[order] = report(order)
+    await redis.set(f"pn:lock:{MCH}:{order}", "a-killed-worker", px=30_000)
+    gate = asyncio.Event()
+    work = replace(work_for(report(order)), give_way=gate)
+
+    handling = asyncio.create_task(reconciler.handle(work))
+    await asyncio.sleep(0.3)
+    assert not handling.done()  # waiting for the lock
+    gate.set()
+    async with asyncio.timeout(2):
+        assert await handling is Settlement.GAVE_WAY
+    assert platform.calls == []
+    assert await redis.zcard(RETRY_KEY) == 0 or all(
+        order.encode() not in m for m in await redis.zrange(RETRY_KEY, 0, -1)
+    )
