@@ -5,7 +5,9 @@ Requests validate themselves when built, so an invalid one cannot be sent: the c
 pay type's required fields. `from_form` parses the same requests strictly from a received form
 (the sandbox uses it). Answers are JSON objects whose values may be numbers or strings; they are
 decoded into text once (`decode_answer`), keeping every member as received, because the document
-gives two create-order answer fields the same name `code` (status and transfer memo).
+gives two create-order answer fields the same name `code` (status and transfer memo). Numbers stay
+the literal text they were sent as, and any body that is not such an object, however hostile, is a
+`MalformedAnswer` reached with bounded work.
 
 Pure code: no I/O, no clock.
 """
@@ -17,13 +19,19 @@ import json
 import re
 from dataclasses import dataclass, fields
 from decimal import Decimal
+from itertools import accumulate
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, Self, TypeVar
 
 from shared.protocol.catalog import ANSWER_OK, BANK_CODES, DOCUMENTED_PAY_TYPES
 from shared.protocol.errors import AnswerSignatureError, MalformedAnswer
 from shared.protocol.fields import FieldError, check_choice, check_text, parse_int
-from shared.protocol.payment import MAX_AMOUNT_LI, PaymentReport, parse_payment_report
+from shared.protocol.payment import (
+    KNOWN_FIELDS,
+    MAX_AMOUNT_LI,
+    PaymentReport,
+    parse_payment_report,
+)
 from shared.protocol.signing import SIGN_FIELD, SignatureError, verify
 
 if TYPE_CHECKING:
@@ -283,41 +291,106 @@ def first_occurrences(pairs: Iterable[tuple[str, str]]) -> Mapping[str, str]:
     return MappingProxyType(first)
 
 
+# Decoding is the first thing an answer meets, before any signature check, so it must turn every
+# body, however hostile, into an `Answer` or a `MalformedAnswer` with bounded work and memory.
+MAX_ANSWER_DEPTH = 32  # the document's answers are flat; 32 leaves room for nested pay_info
+MAX_NUMBER_CHARS = 64  # numbers are kept as sent; an int64 needs 20 characters
+_STRING_TOKEN = re.compile(rb'"[^"\\]*(?:\\(?:.|\Z)[^"\\]*)*(?:"|\Z)', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_DEPTH_STEP = [{ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}.get(b, 0) for b in range(256)]
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_TEXT_KINDS = frozenset({"string", "number", "null"})  # what a field typed string or int may be
+
+
 class _Members(list[tuple[str, Any]]):
     """A JSON object as decoded: its members in order, duplicates kept."""
 
 
+class _Number(str):
+    """A JSON number, kept as the literal text it was sent as (never converted)."""
+
+    __slots__ = ()
+
+
+class _RefusedJsonError(Exception):
+    """Raised by json.loads' hooks; `decode_answer` turns it into `MalformedAnswer`."""
+
+
+def _number(literal: str) -> _Number:
+    if len(literal) > MAX_NUMBER_CHARS:
+        raise _RefusedJsonError(
+            f"the answer has a number longer than {MAX_NUMBER_CHARS} characters"
+        )
+    return _Number(literal)
+
+
+def _not_finite(_literal: str) -> NoReturn:
+    raise _RefusedJsonError("the answer has NaN or Infinity, which JSON does not allow")
+
+
+def _depth(body: bytes) -> int:
+    """How deep arrays and objects nest, brackets inside strings not counted, in linear time and
+    without recursion. Exact for every text that json.loads accepts; an unterminated string runs
+    to the end (json.loads refuses such text anyway)."""
+    brackets = _STRING_TOKEN.sub(b"", body).translate(None, _NOT_BRACKETS)
+    return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
+
+
+def _kind(value: Any) -> str:
+    """The JSON type of a decoded value."""
+    kind = "null"
+    if isinstance(value, _Number):
+        kind = "number"
+    elif isinstance(value, str):
+        kind = "string"
+    elif isinstance(value, _Members):
+        kind = "object"
+    elif isinstance(value, list):
+        kind = "array"
+    elif isinstance(value, bool):
+        kind = "true" if value else "false"
+    return kind
+
+
 def _as_text(value: Any) -> str:
-    """A JSON value as the platform's PHP would concatenate it when signing: numbers as plain
-    decimals, true as "1", false and null as "" (left out of the signature), nested as JSON."""
+    """A JSON value as text, for signing and parsing: a string as itself, a number as the literal
+    it was sent as, true as "1", false and null as "" (so left out of the signature, as the
+    platform's PHP concatenates them), an array or object as compact JSON with numbers as sent."""
     if isinstance(value, str):
-        text = value
-    elif value is None or isinstance(value, bool):
-        text = "1" if value else ""
-    elif isinstance(value, int):
-        text = str(value)
-    elif isinstance(value, Decimal):
-        text = format(value.normalize(), "f")
-    else:
-        text = json.dumps(_plain(value), ensure_ascii=False, separators=(",", ":"), default=str)
-    return text
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, _Members):
-        return {k: _plain(v) for k, v in value}
+        return str(value)  # a plain str, also for a _Number
     if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
+        return _compact(value)
+    return "1" if value is True else ""
+
+
+def _compact(value: Any) -> str:
+    """Compact JSON of a decoded value, members in the order and number as sent. The depth was
+    bounded before decoding, so the recursion is too."""
+    if isinstance(value, _Number):
+        text = str(value)
+    elif isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+    elif isinstance(value, _Members):
+        members = (f"{json.dumps(k, ensure_ascii=False)}:{_compact(v)}" for k, v in value)
+        text = "{" + ",".join(members) + "}"
+    elif isinstance(value, list):
+        text = "[" + ",".join(_compact(v) for v in value) + "]"
+    else:
+        text = "null" if value is None else ("true" if value else "false")
+    return text
 
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """A decoded answer: the status `code`, `msg`, and every member as text, in order."""
+    """A decoded answer: the status `code`, `msg`, and every member as text, in order.
+
+    `kinds` gives each member's JSON type ("string", "number", "null", "true", "false", "array",
+    "object"), aligned with `pairs`; an answer built without it counts every member a string."""
 
     code: int
     msg: str
     pairs: tuple[tuple[str, str], ...]
+    kinds: tuple[str, ...] = ()
 
     @property
     def raw(self) -> Mapping[str, str]:
@@ -331,26 +404,88 @@ class Answer:
     def values_of(self, name: str) -> tuple[str, ...]:
         return tuple(value for key, value in self.pairs if key == name)
 
+    def kind_of(self, name: str) -> str | None:
+        """The JSON type of `name`'s first occurrence; None when the answer has no such member."""
+        for index, (key, _) in enumerate(self.pairs):
+            if key == name:
+                return self.kinds[index] if index < len(self.kinds) else "string"
+        return None
+
 
 def decode_answer(body: bytes) -> Answer:
-    """Decode the platform's JSON answer, or raise `MalformedAnswer` (never quoting the body)."""
-    try:
-        document = json.loads(body.decode("utf-8"), object_pairs_hook=_Members, parse_float=Decimal)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise MalformedAnswer("the answer is not valid UTF-8 JSON") from None
-    if not isinstance(document, _Members):
-        raise MalformedAnswer("the answer is not a JSON object")
-    pairs = tuple((str(name), _as_text(value)) for name, value in document)
-    codes = [value for name, value in pairs if name == "code"]
-    if not codes:
-        raise MalformedAnswer("the answer has no code")
-    try:
-        # The status comes first; a later `code` is the transfer memo (see module docstring).
-        code = parse_int("code", codes[0], maximum=10**6)
-    except FieldError:
-        raise MalformedAnswer("the answer's code is not a number") from None
+    """Decode the platform's JSON answer, or raise `MalformedAnswer` saying what is wrong (never
+    quoting the body).
+
+    Numbers keep the literal text they were sent as, for signing and parsing alike: `1.50` stays
+    "1.50" and `1e3` stays "1e3" (they used to be normalised to "1.5" and "1000"). The platform's
+    PHP signs the values it then encodes, and for integers, the only numbers the document uses,
+    literal and value agree; a literal is never expanded, so no member's text is longer than the
+    body. Refused: arrays and objects nested deeper than `MAX_ANSWER_DEPTH` (a linear scan before
+    parsing), NaN and Infinity, numbers longer than `MAX_NUMBER_CHARS`, strings with unpaired
+    surrogate escapes, and a `code` that is not a plain integer (as a JSON number or string). The
+    caller bounds the body's size (the client reads at most `ClientConfig.max_answer_bytes`).
+    """
+    document = _parse_object(body)
+    pairs = tuple((name, _as_text(value)) for name, value in document)
+    if any(_LONE_SURROGATE.search(name + value) for name, value in pairs):
+        raise MalformedAnswer("the answer has a string with an unpaired surrogate escape")
+    kinds = tuple(_kind(value) for _, value in document)
     msgs = [value for name, value in pairs if name == "msg"]
-    return Answer(code=code, msg=msgs[0] if msgs else "", pairs=pairs)
+    return Answer(code=_status(pairs, kinds), msg=msgs[0] if msgs else "", pairs=pairs, kinds=kinds)
+
+
+def _parse_object(body: bytes) -> _Members:
+    if not body.strip():
+        raise MalformedAnswer("the answer is empty")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MalformedAnswer(f"the answer is not valid UTF-8 (at byte {exc.start})") from None
+    if _depth(body) > MAX_ANSWER_DEPTH:
+        raise MalformedAnswer(
+            f"the answer nests arrays or objects deeper than {MAX_ANSWER_DEPTH} levels"
+        )
+    try:
+        document = json.loads(
+            text,
+            object_pairs_hook=_Members,
+            parse_float=_number,
+            parse_int=_number,
+            parse_constant=_not_finite,
+        )
+    except _RefusedJsonError as exc:
+        raise MalformedAnswer(str(exc)) from None
+    except json.JSONDecodeError as exc:
+        what = exc.msg.removesuffix(" at")
+        raise MalformedAnswer(
+            f"the answer is not valid JSON: {what} (character {exc.pos})"
+        ) from None
+    if not isinstance(document, _Members):
+        raise MalformedAnswer(f"the answer is a JSON {_kind(document)}, not an object")
+    return document
+
+
+def _status(pairs: Sequence[tuple[str, str]], kinds: Sequence[str]) -> int:
+    # The status comes first; a later `code` is the transfer memo (see module docstring).
+    index = next((i for i, (name, _) in enumerate(pairs) if name == "code"), None)
+    if index is None:
+        raise MalformedAnswer("the answer has no code")
+    if kinds[index] not in {"number", "string"}:
+        raise MalformedAnswer(f"the answer's code is a JSON {kinds[index]}, not a number")
+    try:
+        return parse_int("code", pairs[index][1], maximum=10**6)
+    except FieldError:
+        raise MalformedAnswer("the answer's code is not a plain decimal integer") from None
+
+
+def _check_kinds(answer: Answer, names: Iterable[str]) -> None:
+    """Fields the document types as string or int may arrive as a JSON string or number, or
+    null where empty; true, false, an array or an object there is malformed (true would read
+    as "1")."""
+    for name in names:
+        kind = answer.kind_of(name)
+        if kind is not None and kind not in _TEXT_KINDS:
+            raise MalformedAnswer(f"the answer's {name} is a JSON {kind}, not a string or number")
 
 
 def signature_fields(fields: Mapping[str, str], *, include_envelope: bool) -> dict[str, str]:
@@ -439,8 +574,17 @@ class CreateOrderAnswer:
         return first_occurrences(self.raw_pairs)
 
 
+# Every field but pay_info (kept verbatim: it may be JSON) and the memo (the second `code`).
+_CREATE_ORDER_TYPED_FIELDS = (
+    "mch_id", "mch_order", "pay_type", "channel_id", "op_channel_id", "api_id", "created_at",
+    "pay_url", "code_url", "redirect_pay_url", "code_img_url", "services", "token_id", "op_amt",
+    "amt", "bank_card", "bank_name", "real_name", "account",
+)  # fmt: skip
+
+
 def parse_create_order_answer(answer: Answer) -> CreateOrderAnswer:
     """Build the typed answer from a decoded success answer, or raise `MalformedAnswer`."""
+    _check_kinds(answer, _CREATE_ORDER_TYPED_FIELDS)
     raw = answer.raw
     mch_id = _answer_text(raw, "mch_id", 32)
     mch_order = _answer_text(raw, "mch_order", 50)
@@ -509,6 +653,7 @@ def parse_report_answer(
 
     Raises `AnswerSignatureError` or `MalformedAnswer`."""
     key = verify_answer(answer, keys, include_envelope=include_envelope)
+    _check_kinds(answer, sorted(KNOWN_FIELDS))
     body = {name: value for name, value in answer.raw.items() if name not in ENVELOPE_FIELDS}
     try:
         report = parse_payment_report(body, pay_types)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -204,13 +205,13 @@ def test_confirm_and_query_requests() -> None:
 
 
 def test_answer_values_may_be_numbers_or_strings() -> None:
-    """Numbers become plain decimal text; null/false become empty; true becomes "1"."""
+    """Numbers keep the literal text they were sent as; null/false become empty; true "1"."""
     answer = decode_answer(
         b'{"code":1,"msg":"ok","amt":1000,"f":1.50,"e":1e3,"s":"x","n":null,"t":true,"b":false}'
     )
     assert answer.ok
     assert dict(answer.raw) == {
-        "code": "1", "msg": "ok", "amt": "1000", "f": "1.5", "e": "1000", "s": "x", "n": "",
+        "code": "1", "msg": "ok", "amt": "1000", "f": "1.50", "e": "1e3", "s": "x", "n": "",
         "t": "1", "b": "",
     }  # fmt: skip
 
@@ -228,6 +229,77 @@ def test_malformed_answers(body: bytes) -> None:
     """Anything but a JSON object with a numeric code is a MalformedAnswer."""
     with pytest.raises(MalformedAnswer):
         decode_answer(body)
+
+
+def nested(depth: int, inner: str = "1") -> bytes:
+    """An answer whose member `x` nests `depth` arrays, the object itself being one level more."""
+    return ('{"code":1,"x":' + "[" * depth + inner + "]" * depth + "}").encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "member", "text"),
+    [
+        # The issue's reproductions: decimal.Overflow, then a megabyte of zeros per member.
+        (b'{"code":1,"msg":"ok","x":1e999999999}', "x", "1e999999999"),
+        (b'{"code":1,"msg":"ok","x":1e999999}', "x", "1e999999"),
+        (b'{"code":1,"x":-1E-999999999}', "x", "-1E-999999999"),
+        (b'{"code":1,"x":123456789012345678901234567890}', "x", "123456789012345678901234567890"),
+        (b'{"code":1,"x":-0}', "x", "-0"),
+        (b'{"code":1,"x":{"a":1.50,"b":[1e3,true,null,"\\u00e9"]}}', "x",
+         '{"a":1.50,"b":[1e3,true,null,"é"]}'),
+    ],
+)  # fmt: skip
+def test_numbers_keep_their_literal_text(body: bytes, member: str, text: str) -> None:
+    """A number is never converted: huge exponents neither overflow nor expand, and nested
+    numbers keep their text in the member's compact JSON."""
+    answer = decode_answer(body)
+    assert answer.raw[member] == text
+    assert len(answer.raw[member]) <= len(body)
+
+
+def test_depth_is_bounded_before_parsing() -> None:
+    """32 levels decode; 33 and the issue's 500 are refused; brackets inside strings, escaped
+    quotes included, do not count."""
+    assert decode_answer(nested(31)).raw["x"] == "[" * 31 + "1" + "]" * 31
+    for depth in (32, 500, 100_000):
+        with pytest.raises(MalformedAnswer, match="deeper than 32 levels"):
+            decode_answer(nested(depth))
+    in_string = '"\\\\\\"' + "[{" * 400 + '"'  # a JSON string: \\, \" and 800 brackets
+    assert decode_answer(nested(30, in_string)).raw["x"].count("[{") == 400
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"", "is empty"),
+        (b" \r\n", "is empty"),
+        (b'{"code":1,"secret-sauce":"\xff"}', "not valid UTF-8 (at byte 26)"),
+        (b"<html>secret-sauce</html>", "not valid JSON: Expecting value (character 0)"),
+        (b'{"code":1,"x":"secret-sauce', "not valid JSON: Unterminated string"),
+        (b'{"code":1}{"secret-sauce":1}', "not valid JSON: Extra data"),
+        (b'\xef\xbb\xbf{"code":1}', "not valid JSON: Unexpected UTF-8 BOM"),
+        (b'{"code":1,"x":NaN}', "NaN or Infinity"),
+        (b'{"code":1,"x":-Infinity}', "NaN or Infinity"),
+        (b'{"code":1,"x":' + b"9" * 65 + b"}", "number longer than 64 characters"),
+        (b'{"code":1,"x":"\\ud800"}', "unpaired surrogate"),
+        (b'{"code":1,"\\udfff":"secret-sauce"}', "unpaired surrogate"),
+        (b'["secret-sauce"]', "is a JSON array, not an object"),
+        (b"1e999999999", "is a JSON number, not an object"),
+        (b"null", "is a JSON null, not an object"),
+        (b'{"msg":"secret-sauce"}', "has no code"),
+        (b'{"code":true}', "code is a JSON true, not a number"),
+        (b'{"code":null}', "code is a JSON null, not a number"),
+        (b'{"code":[1]}', "code is a JSON array, not a number"),
+        (b'{"code":1.0}', "code is not a plain decimal integer"),
+        (b'{"code":"-1"}', "code is not a plain decimal integer"),
+    ],
+)
+def test_malformed_answers_say_what_is_wrong(body: bytes, message: str) -> None:
+    """Each way of being malformed has its own message, which never quotes the body."""
+    with pytest.raises(MalformedAnswer) as caught:
+        decode_answer(body)
+    assert message in str(caught.value)
+    assert "secret-sauce" not in str(caught.value)
 
 
 def test_transfer_memo_named_code_is_kept() -> None:
@@ -339,6 +411,64 @@ def test_report_answer_fields_are_checked_strictly() -> None:
             OrderQueryAnswer, decode_answer(as_answer(body)), [KEY], PAY_TYPES,
             include_envelope=False,
         )  # fmt: skip
+
+
+def signed_json(members: list[tuple[str, Any]]) -> bytes:
+    """A report answer with the given JSON values, signed over the text the decoder gives them
+    (true "1", false and null empty), as the platform's PHP would."""
+
+    def text(value: Any) -> str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, bool) or value is None:
+            return "1" if value else ""
+        return json.dumps(value, separators=(",", ":"))
+
+    covered = {name: text(value) for name, value in members}
+    pairs = [("code", 1), ("msg", "ok"), *members, ("sign", sign(covered, KEY))]
+    return ("{" + ",".join(f"{json.dumps(k)}:{json.dumps(v)}" for k, v in pairs) + "}").encode()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "kind"),
+    [("amt", True, "true"), ("status", True, "true"), ("mch_amt", [1000], "array"),
+     ("mch_order", {"o": 1}, "object"), ("service", False, "false"), ("sign_type", None, None)],
+)  # fmt: skip
+def test_report_fields_of_the_wrong_json_type_are_malformed(
+    name: str, value: Any, kind: str | None
+) -> None:
+    """A signed report whose typed field is true, false, an array or an object is malformed,
+    even where its text would parse (`true` reads "1"); null is an empty, so a missing field."""
+    members: list[tuple[str, Any]] = [
+        (k, v) for k, v in report_body().items() if k not in {"sign", "origin_order"}
+    ]
+    members = [(k, value if k == name else v) for k, v in members]
+    with pytest.raises(MalformedAnswer) as caught:
+        parse_report_answer(
+            OrderQueryAnswer, decode_answer(signed_json(members)), [KEY], PAY_TYPES,
+            include_envelope=False,
+        )  # fmt: skip
+    expected = f"is a JSON {kind}, not a string or number" if kind else "is required"
+    assert f"the answer's {name} {expected}" in str(caught.value)
+
+
+def test_null_optional_report_fields_are_empty() -> None:
+    """`success_at` and `origin_order` sent as null are absent, as the platform's PHP says."""
+    members = [(k, v) for k, v in report_body(status="1").items() if k != "sign"]
+    members = [(k, None if k in {"success_at", "origin_order"} else v) for k, v in members]
+    answer = parse_report_answer(
+        OrderQueryAnswer, decode_answer(signed_json(members)), [KEY], PAY_TYPES,
+        include_envelope=False,
+    )  # fmt: skip
+    assert (answer.report.success_at, answer.report.origin_order) == (None, None)
+
+
+def test_create_order_fields_of_the_wrong_json_type_are_malformed() -> None:
+    """A create-order answer's typed fields must be strings or numbers; pay_info may be JSON."""
+    base = b'{"code":1,"mch_id":"m","mch_order":"o","pay_type":10,"pay_info":{"a":[1]}'
+    assert parse_create_order_answer(decode_answer(base + b"}")).pay_info == '{"a":[1]}'
+    with pytest.raises(MalformedAnswer, match="amt is a JSON true"):
+        parse_create_order_answer(decode_answer(base + b',"amt":true}'))
 
 
 texts = st.text(st.characters(codec="utf-8"), max_size=20)
