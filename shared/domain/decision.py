@@ -8,9 +8,18 @@ The first rule that applies decides:
 3. the report differs from the answer in a compared field: `amount_mismatch`, `answer_differs`;
 4. no merchant record: `unknown_order` if records are required, else the platform's answer alone;
 5. the record's amount differs from `mch_amt`: `amount_mismatch`, `record_amount_differs`;
-6. `amt` differs from `mch_amt` and the pay type is no transfer: `amount_mismatch`,
-   `paid_amount_differs` (transfers ask the payer for a slightly different sum on purpose);
+   the record's pay type differs from the reported one: `amount_mismatch`, `pay_type_differs`
+   (the merchant's record, never the platform's report, says which amount rule applies);
+6. `amt` is not what the order asked the payer for: `amount_mismatch`, `paid_amount_differs`.
+   For most pay types that is `mch_amt`. A bank transfer (42/43/44) asks the payer for a
+   slightly different sum on purpose: it must equal the sum the create-order answer asked for
+   (`OrderRecord.transfer_amt`) or, when that is unknown, lie in
+   [`mch_amt`, `mch_amt` + `PAYNOTIFY_TRANSFER_TOLERANCE_LI`]: an underpaid transfer never
+   succeeds;
 7. otherwise `repeated` for a repeat payment (`origin_order` set), else `succeeded`.
+
+`is_stale` is the replay guard the worker applies before any of this: a notification paid
+longer ago than the replay window, for a payment nothing is recorded about, is refused.
 """
 
 from __future__ import annotations
@@ -42,6 +51,12 @@ RecordsPolicy = Literal["required", "optional"]  # PAYNOTIFY_ORDER_RECORDS
 # The platform's gaps between notification tries (NOTES.md), about 49 minutes in all.
 PLATFORM_RETRY_DELAYS: tuple[int, ...] = (0, 5, 10, 15, 30, 180, 300, 600, 1800)
 TRANSFER_PAY_TYPES = frozenset(p.code for p in DOCUMENTED_PAY_TYPES if p.transfer)
+# How far above `mch_amt` a transfer whose asked sum is unknown may be (li): the platform adds
+# a few fen so it can match the transfer (PAYNOTIFY_TRANSFER_TOLERANCE_LI).
+DEFAULT_TRANSFER_TOLERANCE_LI = 100
+# A notification paid longer ago than this, with nothing recorded for it, is a replay: the
+# platform stops notifying ~49 minutes after a payment (PAYNOTIFY_REPLAY_WINDOW_S).
+DEFAULT_REPLAY_WINDOW_S = 86_400
 # Report fields that must equal the platform's answer, by the name the event data uses.
 COMPARED_FIELDS: tuple[tuple[str, str], ...] = (
     ("mch_id", "mch_id"),
@@ -123,6 +138,7 @@ def decide(
     requeries_done: int,
     schedule: Sequence[float],
     transfer_pay_types: Container[int] = TRANSFER_PAY_TYPES,
+    transfer_tolerance: int = DEFAULT_TRANSFER_TOLERANCE_LI,
 ) -> Decision:
     """Decide a report against the answer to `query_order(report.mch_id, report.mch_order)` and
     the record of `record_order(report)`. Raises `ValueError` only for a caller's mistake."""
@@ -132,8 +148,18 @@ def decide(
         return NoOutcome()
     if answer.status is not AnswerStatus.PAID and requeries_done < len(schedule):
         return RequeryLater(delay=schedule[requeries_done], attempt=requeries_done + 1)
-    verdict = _verdict(report, answer.report, record, policy, transfer_pay_types)
+    if transfer_tolerance < 0:
+        raise ValueError("transfer_tolerance must not be negative")
+    rules = _AmountRules(transfer_pay_types, transfer_tolerance)
+    verdict = _verdict(report, answer.report, record, policy, rules)
     return _outcome(notice, answer, record, requeries_done, verdict)
+
+
+def is_stale(report: PaymentReport, *, now: float, window: float) -> bool:
+    """Whether a paid report is older than the replay window (by the platform's `success_at`).
+    The caller applies it only where nothing is recorded about the payment: a replay of an old
+    notification must never produce a new outcome once the old one's record is gone."""
+    return report.success_at is not None and report.success_at < now - window
 
 
 def decide_expiry(record: OrderRecord, answer: QueryAnswer) -> OrderExpired | None:
@@ -169,18 +195,36 @@ def _check_arguments(
         raise ValueError("the record is not of the order this report pays for")
 
 
+class _AmountRules(NamedTuple):
+    transfer_pay_types: Container[int]
+    transfer_tolerance: int
+
+    def expected_amt(self, report: PaymentReport, record: OrderRecord | None) -> int | None:
+        """None when `report.amt` is what the order asked for, else the sum to report as
+        expected. The record's pay type (else the report's, without a record) picks the rule."""
+        pay_type = record.pay_type if record is not None else report.service
+        if pay_type not in self.transfer_pay_types:
+            return None if report.amt == report.mch_amt else report.mch_amt
+        asked = record.transfer_amt if record is not None else None
+        if asked is not None:
+            return None if report.amt == asked else asked
+        if report.mch_amt <= report.amt <= report.mch_amt + self.transfer_tolerance:
+            return None
+        return report.mch_amt
+
+
 class _Verdict(NamedTuple):
     type: EventType
     reason: Reason | None = None
     expected: tuple[tuple[str, Value], ...] = ()
 
 
-def _verdict(
+def _verdict(  # noqa: PLR0911 - one return per rule of the module docstring
     report: PaymentReport,
     confirmed: PaymentReport | None,
     record: OrderRecord | None,
     policy: RecordsPolicy,
-    transfer_pay_types: Container[int],
+    rules: _AmountRules,
 ) -> _Verdict:
     """Rules 2 to 7 of the module docstring, once no re-query is left to wait for."""
     if confirmed is None or not confirmed.paid:
@@ -197,11 +241,15 @@ def _verdict(
             Reason.RECORD_AMOUNT_DIFFERS,
             (("mch_amt", record.amt),),
         )
-    if report.service not in transfer_pay_types and report.amt != report.mch_amt:
+    elif record.pay_type != report.service:
         return _Verdict(
             EventType.PAYMENT_AMOUNT_MISMATCHED,
-            Reason.PAID_AMOUNT_DIFFERS,
-            (("amt", report.mch_amt),),
+            Reason.PAY_TYPE_DIFFERS,
+            (("pay_type", record.pay_type),),
+        )
+    if (expected := rules.expected_amt(report, record)) is not None:
+        return _Verdict(
+            EventType.PAYMENT_AMOUNT_MISMATCHED, Reason.PAID_AMOUNT_DIFFERS, (("amt", expected),)
         )
     return _Verdict(EventType.PAYMENT_REPEATED if report.repeat else EventType.PAYMENT_SUCCEEDED)
 

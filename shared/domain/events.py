@@ -45,7 +45,8 @@ PAYMENT_TYPES = frozenset(t for t in EventType if t is not EventType.ORDER_EXPIR
 class Reason(StrEnum):
     ANSWER_DIFFERS = "answer_differs"  # the report's fields differ from the platform's answer
     RECORD_AMOUNT_DIFFERS = "record_amount_differs"  # mch_amt differs from the merchant's record
-    PAID_AMOUNT_DIFFERS = "paid_amount_differs"  # amt != mch_amt, and not a transfer pay type
+    PAID_AMOUNT_DIFFERS = "paid_amount_differs"  # amt is not what the order asked the payer for
+    PAY_TYPE_DIFFERS = "pay_type_differs"  # the reported pay type is not the merchant's record's
     PLATFORM_UNPAID = "platform_unpaid"  # the platform's answer says unpaid
     PLATFORM_ORDER_NOT_FOUND = "platform_order_not_found"  # the platform answered 103
     NO_ORDER_RECORD = "no_order_record"  # no merchant record, and records are required
@@ -53,7 +54,12 @@ class Reason(StrEnum):
 
 REASONS: dict[EventType, frozenset[Reason]] = {
     EventType.PAYMENT_AMOUNT_MISMATCHED: frozenset(
-        {Reason.ANSWER_DIFFERS, Reason.RECORD_AMOUNT_DIFFERS, Reason.PAID_AMOUNT_DIFFERS}
+        {
+            Reason.ANSWER_DIFFERS,
+            Reason.RECORD_AMOUNT_DIFFERS,
+            Reason.PAID_AMOUNT_DIFFERS,
+            Reason.PAY_TYPE_DIFFERS,
+        }
     ),
     EventType.PAYMENT_UNCONFIRMED: frozenset(
         {Reason.PLATFORM_UNPAID, Reason.PLATFORM_ORDER_NOT_FOUND}

@@ -26,6 +26,9 @@ class OrderRecord:
     pay_type: int
     created_at: int  # Unix seconds
     state: OrderState = OrderState.PENDING
+    # Bank transfers: the sum the create-order answer asked the payer to transfer (li), when
+    # known; a transfer succeeds only at exactly this sum (shared.domain.decision).
+    transfer_amt: int | None = None
 
     @property
     def order_key(self) -> str:

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.domain.decision import (
+    DEFAULT_TRANSFER_TOLERANCE_LI,
     PLATFORM_RETRY_DELAYS,
     TRANSFER_PAY_TYPES,
     NoOutcome,
@@ -20,6 +21,7 @@ from shared.domain.decision import (
     RequeryLater,
     decide,
     decide_expiry,
+    is_stale,
     record_order,
     requery_schedule,
 )
@@ -43,7 +45,7 @@ MCH_ID = "t9awtvk6dn"
 ORDER = "ORD-20261127-0001"
 UPSTREAM_ORDER = "UP-8812731"  # the platform's number for a repeat payment
 QR_PAY_TYPE = 10  # WeChat QR: amt must equal mch_amt
-TRANSFER_PAY_TYPE = 44  # bank card transfer: amt may differ from mch_amt
+TRANSFER_PAY_TYPE = 44  # bank card transfer: amt may differ from mch_amt, never below it
 ASKED = 100_000  # li: 100 yuan
 CREATED_AT = 1_800_000_000
 PAID_AT = CREATED_AT + 42
@@ -77,7 +79,11 @@ def make_report(
 
 
 def make_record(
-    *, amt: int = ASKED, pay_type: int = QR_PAY_TYPE, state: OrderState = OrderState.PENDING
+    *,
+    amt: int = ASKED,
+    pay_type: int = QR_PAY_TYPE,
+    state: OrderState = OrderState.PENDING,
+    transfer_amt: int | None = None,
 ) -> OrderRecord:
     return OrderRecord(
         mch_id=MCH_ID,
@@ -86,6 +92,7 @@ def make_record(
         pay_type=pay_type,
         created_at=CREATED_AT,
         state=state,
+        transfer_amt=transfer_amt,
     )
 
 
@@ -119,7 +126,7 @@ def outcome_of(decision: Decision) -> PaymentReconciled:
 # --- every combination -------------------------------------------------------------------------
 
 ANSWERS = ("confirms", "unpaid", "not_found", "differs")
-RECORDS = ("equal", "different", "absent")
+RECORDS = ("equal", "different", "other_pay_type", "absent")
 POLICIES: tuple[RecordsPolicy, ...] = ("required", "optional")
 REQUERY_COUNTS = (0, LIMIT // 2, LIMIT)
 
@@ -149,6 +156,10 @@ class Case:
         record = {
             "equal": make_record(pay_type=service),
             "different": make_record(amt=ASKED * 2, pay_type=service),
+            # Created as the other kind: the record's rule applies, and the difference is named.
+            "other_pay_type": make_record(
+                pay_type=QR_PAY_TYPE if self.transfer else TRANSFER_PAY_TYPE
+            ),
             "absent": None,
         }[self.record]
         return report, answer, record
@@ -171,6 +182,8 @@ class Case:
             return EventType.PAYMENT_FOR_UNKNOWN_ORDER, Reason.NO_ORDER_RECORD
         if self.record == "different":
             return EventType.PAYMENT_AMOUNT_MISMATCHED, Reason.RECORD_AMOUNT_DIFFERS
+        if self.record == "other_pay_type":
+            return EventType.PAYMENT_AMOUNT_MISMATCHED, Reason.PAY_TYPE_DIFFERS
         return (EventType.PAYMENT_REPEATED if self.repeat else EventType.PAYMENT_SUCCEEDED), None
 
 
@@ -320,13 +333,71 @@ def test_the_record_of_another_order_is_a_callers_mistake() -> None:
         run(make_report(), make_report(), replace(make_record(), mch_id="someone-else"))
 
 
-def test_a_transfer_may_pay_another_sum_than_asked() -> None:
-    """Pay types 42, 43 and 44 pay `amt` != `mch_amt` on purpose; the record is held to mch_amt."""
+def test_a_transfer_succeeds_at_exactly_the_sum_it_was_asked_to_transfer() -> None:
+    """Pay types 42, 43 and 44 ask the payer for an odd sum on purpose (the create-order answer's
+    `amt`, kept in the record): that sum succeeds; one li less or more is a mismatch."""
+    asked = ASKED + 37
     for pay_type in (42, 43, 44):
-        report = make_report(service=pay_type, amt=ASKED - 13)
-        outcome = outcome_of(run(report, report, make_record(pay_type=pay_type)))
-        assert outcome.type is EventType.PAYMENT_SUCCEEDED
-        assert (outcome.amt, outcome.mch_amt) == (ASKED - 13, ASKED)
+        record = make_record(pay_type=pay_type, transfer_amt=asked)
+        paid = make_report(service=pay_type, amt=asked)
+        assert outcome_of(run(paid, paid, record)).type is EventType.PAYMENT_SUCCEEDED
+        for amt in (asked - 1, asked + 1, ASKED):
+            report = make_report(service=pay_type, amt=amt)
+            outcome = outcome_of(run(report, report, record))
+            assert (outcome.type, outcome.reason) == (
+                EventType.PAYMENT_AMOUNT_MISMATCHED,
+                Reason.PAID_AMOUNT_DIFFERS,
+            )
+            assert outcome.expected == (("amt", asked),)
+
+
+def test_an_underpaid_transfer_is_never_a_success() -> None:
+    """Issue 10, hole 2: 1 li for an order of 100,000 li used to succeed. Without a recorded
+    transfer sum a transfer must lie in [mch_amt, mch_amt + tolerance]."""
+    for amt in (1, ASKED - 13, ASKED - 1, ASKED + DEFAULT_TRANSFER_TOLERANCE_LI + 1):
+        report = make_report(service=TRANSFER_PAY_TYPE, amt=amt)
+        outcome = outcome_of(run(report, report, make_record(pay_type=TRANSFER_PAY_TYPE)))
+        assert outcome.reason is Reason.PAID_AMOUNT_DIFFERS, amt
+        assert outcome.expected == (("amt", ASKED),)
+    for amt in (ASKED, ASKED + 1, ASKED + DEFAULT_TRANSFER_TOLERANCE_LI):
+        report = make_report(service=TRANSFER_PAY_TYPE, amt=amt)
+        outcome = outcome_of(run(report, report, make_record(pay_type=TRANSFER_PAY_TYPE)))
+        assert outcome.type is EventType.PAYMENT_SUCCEEDED, amt
+
+
+def test_the_tolerance_is_a_setting() -> None:
+    report = make_report(service=TRANSFER_PAY_TYPE, amt=ASKED + 500)
+    record = make_record(pay_type=TRANSFER_PAY_TYPE)
+    decided = [
+        outcome_of(
+            decide(
+                notice_of(report), QueryAnswer(report, QUERIED_AT), record, policy="required",
+                requeries_done=0, schedule=SCHEDULE, transfer_tolerance=tolerance,
+            )
+        ).type
+        for tolerance in (499, 500)
+    ]  # fmt: skip
+    assert decided == [EventType.PAYMENT_AMOUNT_MISMATCHED, EventType.PAYMENT_SUCCEEDED]
+
+
+def test_the_records_pay_type_decides_the_rule_not_the_reported_one() -> None:
+    """An order created as WeChat QR (10) and reported as a bank transfer (44) does not skip the
+    amount check: it is a mismatch naming the pay type, whatever amt says."""
+    for amt in (ASKED, ASKED + 37, 1):
+        report = make_report(service=TRANSFER_PAY_TYPE, amt=amt)
+        outcome = outcome_of(run(report, report, make_record(pay_type=QR_PAY_TYPE)))
+        assert (outcome.type, outcome.reason) == (
+            EventType.PAYMENT_AMOUNT_MISMATCHED,
+            Reason.PAY_TYPE_DIFFERS,
+        )
+        assert outcome.expected == (("pay_type", QR_PAY_TYPE),)
+
+
+def test_a_notification_older_than_the_replay_window_is_stale() -> None:
+    report = make_report()
+    assert not is_stale(report, now=PAID_AT + 86_400, window=86_400)
+    assert is_stale(report, now=PAID_AT + 86_400.5, window=86_400)
+    assert not is_stale(make_report(status=PaymentStatus.UNPAID), now=PAID_AT * 2, window=1)
 
 
 def test_another_sum_than_asked_is_a_mismatch_when_not_a_transfer() -> None:
@@ -574,7 +645,11 @@ def test_success_is_never_decided_unless_confirmed_and_amounts_agree(
         assert policy == "optional"
     else:
         assert record.amt == report.mch_amt
-    assert report.service in TRANSFER_PAY_TYPES or report.amt == report.mch_amt
+        assert record.pay_type == report.service
+    if report.service in TRANSFER_PAY_TYPES:  # never underpaid, never far above
+        assert report.mch_amt <= report.amt <= report.mch_amt + DEFAULT_TRANSFER_TOLERANCE_LI
+    else:
+        assert report.amt == report.mch_amt
     assert (decision.type is EventType.PAYMENT_REPEATED) == report.repeat
 
 
