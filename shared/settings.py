@@ -12,6 +12,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal
 
+from shared.domain.decision import DEFAULT_REPLAY_WINDOW_S, DEFAULT_TRANSFER_TOLERANCE_LI
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -33,6 +35,7 @@ class Settings:
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
     # Kafka topics
+    topic_prefix: str = ""  # put before every topic name: deployments sharing a broker keep apart
     topic_partitions: int = 6
     topic_replication: int = 1
     consumer_group: str = "paynotify-workers"
@@ -46,6 +49,8 @@ class Settings:
     # Workers
     worker_concurrency: int = 256
     outcome_ttl_days: int = 30
+    transfer_tolerance_li: int = DEFAULT_TRANSFER_TOLERANCE_LI
+    replay_window: float = DEFAULT_REPLAY_WINDOW_S  # seconds; not time-scaled
     # Sweeper
     sweep_rate: float = 50.0  # order queries per second, at most
     sweep_concurrency: int = 16
@@ -72,6 +77,7 @@ class Settings:
             log_format=read.choice(  # type: ignore[arg-type]
                 "PAYNOTIFY_LOG_FORMAT", cls.log_format, ("json", "console")
             ),
+            topic_prefix=read.topic_prefix("PAYNOTIFY_TOPIC_PREFIX"),
             topic_partitions=read.integer("PAYNOTIFY_TOPIC_PARTITIONS", cls.topic_partitions),
             topic_replication=read.integer("PAYNOTIFY_TOPIC_REPLICATION", cls.topic_replication),
             consumer_group=read.text("PAYNOTIFY_CONSUMER_GROUP", cls.consumer_group),
@@ -84,6 +90,10 @@ class Settings:
             platform_timeout=read.number("PAYNOTIFY_PLATFORM_TIMEOUT", cls.platform_timeout),
             worker_concurrency=read.integer("PAYNOTIFY_WORKER_CONCURRENCY", cls.worker_concurrency),
             outcome_ttl_days=read.integer("PAYNOTIFY_OUTCOME_TTL_DAYS", cls.outcome_ttl_days),
+            transfer_tolerance_li=read.integer(
+                "PAYNOTIFY_TRANSFER_TOLERANCE_LI", cls.transfer_tolerance_li, minimum=0
+            ),
+            replay_window=read.number("PAYNOTIFY_REPLAY_WINDOW_S", cls.replay_window),
             sweep_rate=read.number("PAYNOTIFY_SWEEP_RATE", cls.sweep_rate),
             sweep_concurrency=read.integer("PAYNOTIFY_SWEEP_CONCURRENCY", cls.sweep_concurrency),
             order_expiry=read.number("PAYNOTIFY_ORDER_EXPIRY", cls.order_expiry),
@@ -126,13 +136,20 @@ class _Reader:
             raise SettingsError(f"{name} must be a positive finite number")
         return value
 
-    def integer(self, name: str, default: int) -> int:
+    def integer(self, name: str, default: int, *, minimum: int = 1) -> int:
         raw = self._raw(name)
         if raw is None:
             return default
-        if not raw.isascii() or not raw.isdigit() or int(raw) < 1:
-            raise SettingsError(f"{name} must be a positive integer")
+        if not raw.isascii() or not raw.isdigit() or int(raw) < minimum:
+            kind = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
+            raise SettingsError(f"{name} must be {kind}")
         return int(raw)
+
+    def topic_prefix(self, name: str) -> str:
+        raw = self._raw(name) or ""
+        if len(raw) > 100 or not all(c.isascii() and (c.isalnum() or c in "._-") for c in raw):
+            raise SettingsError(f"{name} may hold only ASCII letters, digits, '.', '_' and '-'")
+        return raw
 
     def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
         raw = self._raw(name)
