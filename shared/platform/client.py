@@ -3,8 +3,9 @@
 One shared aiohttp `ClientSession` (connection limits, timeouts) carries every call. Requests are
 POSTed form-urlencoded and signed with the merchant's current key; answers are decoded, their
 signatures verified where the platform signs them, and a code other than 1 raises the named error
-from `shared.protocol.errors`. Transient failures are retried with capped exponential backoff and
-jitter; `Clock` and the random source are injected so tests need not sleep.
+from `shared.protocol.errors`. Redirects are never followed (they would re-send a signed form to
+another host): a 3xx answer is a `MalformedAnswer`. Transient failures are retried with capped
+exponential backoff and jitter; `Clock` and the random source are injected so tests need not sleep.
 """
 
 from __future__ import annotations
@@ -290,8 +291,16 @@ class PlatformClient:
     async def _attempt(self, url: str, body: dict[str, str]) -> Answer:
         timeout = aiohttp.ClientTimeout(total=self._config.timeout)
         try:
-            async with self._session.post(url, data=body, timeout=timeout) as response:
+            # A redirect would re-send the signed form to wherever it points: never followed.
+            async with self._session.post(
+                url, data=body, timeout=timeout, allow_redirects=False
+            ) as response:
                 status = response.status
+                if 300 <= status < 400:
+                    # The Location is not named: it is the platform's (or an attacker's) text.
+                    raise MalformedAnswer(
+                        f"the platform answered HTTP {status} (3xx: redirects are not followed)"
+                    )
                 payload = await self._read(response)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise PlatformUnavailable(
