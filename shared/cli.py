@@ -1,17 +1,31 @@
 """`paynotify`: one command line for every process and tool of the project.
 
 Each subcommand imports its module only when it runs, so `paynotify sign` never loads Kafka.
+`sign` and `verify` take the merchant key from a file (`--key-file`) or `PAYNOTIFY_KEY` rather
+than the command line, where other users can read it (`--key` still works; on a terminal it
+warns).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
+
+KEY_ENV = "PAYNOTIFY_KEY"
+MAX_KEY_FILE_BYTES = 4096  # a key is 32 hex digits; a larger file is not a key file
+EXIT_USAGE = 2
+_KEY_SOURCES = (
+    f"The merchant key (mch_key) is read from --key-file PATH, else from the {KEY_ENV} "
+    "environment variable. --key KEY still works, but other users of the machine can read a "
+    "command line. Output never shows the key."
+)
 
 # subcommand -> "module:function"; the function takes the parsed arguments and returns an exit code.
 _HANDLERS = {
@@ -42,8 +56,19 @@ def _parser() -> argparse.ArgumentParser:
         ("sign", "print a form's signature"),
         ("verify", "check a form's signature"),
     ):
-        cmd = sub.add_parser(name, help=text)
-        cmd.add_argument("--key", required=True, help="the merchant key (mch_key)")
+        cmd = sub.add_parser(name, help=text, description=f"{text.capitalize()}. {_KEY_SOURCES}")
+        source = cmd.add_mutually_exclusive_group()
+        source.add_argument(
+            "--key-file",
+            metavar="PATH",
+            help="read the merchant key (mch_key) from PATH; one trailing newline is stripped",
+        )
+        source.add_argument(
+            "--key",
+            metavar="KEY",
+            help="the merchant key itself; discouraged: other users can read a command line "
+            "(ps, /proc), and on a terminal a warning says so",
+        )
         cmd.add_argument("pairs", nargs="*", metavar="k=v", help="form fields, raw as signed")
 
     sandbox = sub.add_parser("sandbox", help="run the sandbox payment platform")
@@ -74,8 +99,67 @@ def _resolve(target: str) -> Callable[[argparse.Namespace], int]:
     return handler
 
 
+class KeySourceError(ValueError):
+    """No usable merchant key for sign/verify. The message names the source, never the key."""
+
+
+def _key_from_file(path: str) -> str:
+    try:
+        with Path(path).open("rb") as file:
+            data = file.read(MAX_KEY_FILE_BYTES + 1)
+    except OSError as exc:
+        raise KeySourceError(
+            f"cannot read the key file {path!r}: {exc.strerror or type(exc).__name__}"
+        ) from None
+    if len(data) > MAX_KEY_FILE_BYTES:
+        raise KeySourceError(f"the key file {path!r} is over {MAX_KEY_FILE_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise KeySourceError(f"the key file {path!r} is not UTF-8 text") from None
+    # An editor's final newline is not part of the key; anything more is refused below.
+    return text.removesuffix("\n").removesuffix("\r")
+
+
+def merchant_key(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
+    """The key for sign/verify: --key-file, --key, else PAYNOTIFY_KEY. Raises KeySourceError."""
+    if args.key_file is not None:
+        key, source = _key_from_file(args.key_file), f"the key file {args.key_file!r}"
+    elif args.key is not None:
+        key, source = args.key, "--key"
+    elif KEY_ENV in environ:
+        key, source = environ[KEY_ENV], KEY_ENV
+    else:
+        raise KeySourceError(f"no merchant key: give --key-file PATH or set {KEY_ENV}")
+    if not key.strip():
+        raise KeySourceError(f"the key from {source} is empty or only whitespace")
+    if not key.isprintable():
+        raise KeySourceError(
+            f"the key from {source} holds a line break or another unprintable character"
+        )
+    return key
+
+
+def _warn_key_in_argv() -> None:
+    # Only on a terminal: people are warned, while scripts keep verify's one-line stderr (the
+    # reason of a mismatch), which they may parse; --help says the same to both.
+    if sys.stderr.isatty():
+        sys.stderr.write(
+            "warning: --key puts the key in the command line, which other users can read "
+            f"(ps, /proc); use --key-file PATH or {KEY_ENV} instead\n"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in {"sign", "verify"}:
+        if args.key is not None:
+            _warn_key_in_argv()
+        try:
+            args.key = merchant_key(args, os.environ)
+        except KeySourceError as exc:
+            sys.stderr.write(f"error: {exc}\n")
+            return EXIT_USAGE
     return _resolve(_HANDLERS[args.command])(args)
 
 
