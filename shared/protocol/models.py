@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass, fields
 from decimal import Decimal
 from itertools import accumulate
+from json.encoder import encode_basestring
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, Self, TypeVar
 
@@ -369,9 +370,9 @@ def _compact(value: Any) -> str:
     if isinstance(value, _Number):
         text = str(value)
     elif isinstance(value, str):
-        text = json.dumps(value, ensure_ascii=False)
+        text = encode_basestring(value)  # json.dumps(value, ensure_ascii=False), 20 times faster
     elif isinstance(value, _Members):
-        members = (f"{json.dumps(k, ensure_ascii=False)}:{_compact(v)}" for k, v in value)
+        members = (f"{encode_basestring(k)}:{_compact(v)}" for k, v in value)
         text = "{" + ",".join(members) + "}"
     elif isinstance(value, list):
         text = "[" + ",".join(_compact(v) for v in value) + "]"
