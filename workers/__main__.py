@@ -21,6 +21,7 @@ from shared.adapters.outcomes import OutcomeStore
 from shared.adapters.redis_client import connect_redis
 from shared.clock import Clock, SystemClock
 from shared.domain.decision import requery_schedule
+from shared.domain.sweep import SweepSchedule
 from shared.logs import get_logger
 from shared.merchants import load_merchants
 from shared.platform.client import PlatformClient
@@ -47,6 +48,16 @@ REDIS_HEADROOM = 16
 STATS_EVERY = 10.0  # seconds between the worker's counters in the log
 
 
+def outcome_ttl_seconds(settings: Settings) -> int:
+    """How long an outcome is kept: at least as long as any order record (records live for the
+    order's expiry plus the retention from their recording; an outcome is decided after that),
+    so a payment once decided stays decided for as long as anything about it is kept."""
+    expiry = SweepSchedule.scaled(
+        time_scale=settings.time_scale, order_expiry=settings.order_expiry
+    )
+    return int(expiry.expiry) + 1 + settings.outcome_ttl_days * 86_400
+
+
 def build_reconciler(
     settings: Settings,
     redis: Redis,
@@ -60,7 +71,7 @@ def build_reconciler(
 ) -> Reconciler:
     """The reconciler as every worker runs it (the benchmarks' consumers use it too)."""
     store = OutcomeStore(
-        redis, outcome_ttl_seconds=settings.outcome_ttl_days * 86_400, lock_ttl_ms=LOCK_TTL_MS
+        redis, outcome_ttl_seconds=outcome_ttl_seconds(settings), lock_ttl_ms=LOCK_TTL_MS
     )
     return Reconciler(
         store=store,
@@ -73,6 +84,8 @@ def build_reconciler(
         schedule=requery_schedule(settings.time_scale),
         clock=clock,
         min_retry_delay=min(1.0, settings.scaled(1.0)),
+        transfer_tolerance=settings.transfer_tolerance_li,
+        replay_window=settings.replay_window,
         published=published,
         stats=stats,
     )

@@ -30,15 +30,19 @@ from shared.adapters.kafka import CallbackEnvelope, EnvelopeError
 from shared.adapters.order_book import CorruptRecordError
 from shared.adapters.outcomes import Busy, Decided, Locked, OutcomeStore, RecordedOutcome
 from shared.domain.decision import (
+    DEFAULT_REPLAY_WINDOW_S,
+    DEFAULT_TRANSFER_TOLERANCE_LI,
     NoOutcome,
     Notice,
     QueryAnswer,
     RecordsPolicy,
     RequeryLater,
     decide,
+    is_stale,
     record_order,
 )
 from shared.domain.events import EventType, PaymentReconciled, encode, event_id
+from shared.domain.orders import OrderState
 from shared.logs import get_logger
 from shared.platform.retry import OUTAGE_BACKOFF
 from shared.protocol.errors import (
@@ -176,6 +180,8 @@ class Reconciler:
     schedule: Sequence[float]  # re-query delays (shared.domain.decision.requery_schedule)
     clock: Clock
     min_retry_delay: float = 1.0  # seconds, already scaled
+    transfer_tolerance: int = DEFAULT_TRANSFER_TOLERANCE_LI  # li above mch_amt (see decide)
+    replay_window: float = DEFAULT_REPLAY_WINDOW_S  # seconds (see decision.is_stale)
     lock_wait: float = 35.0  # seconds to wait for another worker's lock before deferring
     renew_every: float = 10.0  # seconds between lock renewals while the platform answers
     renew_timeout: float = 5.0  # bound on one renewal, and on waiting for the renewer to stop
@@ -258,7 +264,30 @@ class Reconciler:
             return await self._replay(report, state.outcome)
         if isinstance(state, Busy):
             return await self._defer(work, report, None, self.min_retry_delay, transient=True)
+        if (refusal := self._already_or_never(work, report, state)) is not None:
+            await self.store.release(report.order_key, state.token)
+            if refusal == "decided":
+                return Settlement.DUPLICATE
+            return await self._dead_letter(work, refusal, "paid longer ago than the replay window, "
+                                           "and nothing is recorded about it", report)  # fmt: skip
         return await self._reconcile(work, report, state, key_id)
+
+    def _already_or_never(self, work: Work, report: PaymentReport, lock: Locked) -> str | None:
+        """With no outcome kept for the payment: "decided" when the order record says it was
+        settled (its outcome expired first: a replay must not decide it again), "stale" for a
+        notification paid longer ago than the replay window, else None."""
+        record = lock.record
+        if record is not None and record.state is OrderState.SETTLED and not report.repeat:
+            self.stats["decided_without_outcome"] += 1
+            self._log.info("replay_of_settled_order", order=report.order_key)
+            return "decided"
+        # The sweeper's query-sourced reports are the platform's word now, whatever their age.
+        if work.envelope.source == "notification" and is_stale(
+            report, now=self.clock.time(), window=self.replay_window
+        ):
+            self.stats["stale"] += 1
+            return "stale"
+        return None
 
     def _verify(self, work: Work) -> str:
         """The id of the merchant key the envelope's report verifies under, or `_Refused`.
@@ -336,6 +365,7 @@ class Reconciler:
             policy=self.policy,
             requeries_done=work.requeries,
             schedule=self.schedule,
+            transfer_tolerance=self.transfer_tolerance,
         )
         if isinstance(decision, NoOutcome):  # pragma: no cover - paid reports only reach here
             await self.store.release(report.order_key, lock.token)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import time
 import uuid
 from dataclasses import dataclass, field, replace
 
@@ -43,6 +44,7 @@ _seq = itertools.count()
 def report(
     order: str, *, amt: int = 1000, mch_amt: int = 1000, status: int = 2, **extra
 ) -> PaymentReport:
+    paid_at = extra.pop("success_at", int(time.time()) - 60)  # inside the replay window
     return PaymentReport(
         mch_id=MCH,
         service=extra.pop("service", 10),
@@ -52,7 +54,7 @@ def report(
         amt_type="cny",
         status=PaymentStatus(status),
         created_at=1_700_000_000,
-        success_at=1_700_000_060 if status == 2 else None,
+        success_at=paid_at if status == 2 else None,
         origin_order=extra.pop("origin_order", None),
         call=None,
         sign_type="md5",
@@ -468,3 +470,60 @@ async def test_waiting_for_a_dead_workers_lock_gives_way_when_the_partition_goes
     assert await redis.zcard(RETRY_KEY) == 0 or all(
         order.encode() not in m for m in await redis.zrange(RETRY_KEY, 0, -1)
     )
+
+
+async def test_a_replay_after_the_outcome_expired_is_still_a_duplicate(
+    env, kafka_bootstrap
+) -> None:
+    """Hole 3: the outcome expired before the order record, and a settled record was not taken
+    as decided, so an old notification replayed then gave a second succeeded event."""
+    reconciler, platform, book, redis, (events, _) = env
+    order = unique_order()
+    await book.record_pending(OrderRecord(MCH, order, 1000, 10, 1_700_000_000))
+    platform.answers[order] = report(order)
+    assert await reconciler.handle(work_for(report(order))) is Settlement.PUBLISHED
+    await redis.delete(outcome_key(f"{MCH}:{order}"))  # its retention ran out
+    reconciler.published.clear()  # and this is another process
+
+    assert await reconciler.handle(work_for(report(order))) is Settlement.DUPLICATE
+    assert len(await read_topic(kafka_bootstrap, events, 1)) == 1
+    assert platform.calls == [order]  # asked once, for the first delivery only
+    assert await redis.exists(f"pn:lock:{MCH}:{order}") == 0
+
+
+async def test_a_notification_older_than_the_replay_window_is_refused_as_stale(
+    env, kafka_bootstrap
+) -> None:
+    """Hole 3: with nothing recorded for it, a notification paid two days ago is a replay:
+    dead-lettered as `stale` (audited, counted), never `succeeded`; the sweeper's report of the
+    same payment (the platform's word now) is still settled."""
+    reconciler, platform, book, redis, (events, dlq) = env
+    order = unique_order()
+    await book.record_pending(OrderRecord(MCH, order, 1000, 10, 1_700_000_000))
+    old = report(order, success_at=int(time.time()) - 2 * 86_400)
+    platform.answers[order] = old
+
+    assert await reconciler.handle(work_for(old)) is Settlement.DEAD_LETTERED
+    (letter,) = await read_topic(kafka_bootstrap, dlq, 1)
+    assert letter["reason"] == "stale"
+    assert platform.calls == []
+    assert await redis.exists(outcome_key(f"{MCH}:{order}"), f"pn:lock:{MCH}:{order}") == 0
+    assert reconciler.stats["stale"] == 1
+
+    swept = work_for(old)
+    swept = Work(envelope=replace(swept.envelope, source="query"), origin="sweeper")
+    assert await reconciler.handle(swept) is Settlement.PUBLISHED
+    (event,) = await read_topic(kafka_bootstrap, events, 1)
+    assert event["type"] == "paynotify.payment.succeeded"
+
+
+def test_outcomes_outlive_order_records() -> None:
+    """Retention: an outcome (kept from its decision) never expires before the order record
+    (kept from its recording for the order's expiry plus the retention)."""
+    from shared.adapters.order_book import OrderBook  # noqa: PLC0415
+    from workers.__main__ import outcome_ttl_seconds  # noqa: PLC0415
+
+    for scale in (1.0, 0.01):
+        settings = Settings(time_scale=scale)
+        book = OrderBook.from_settings(Redis(), SystemClock(), settings)
+        assert outcome_ttl_seconds(settings) >= book._record_ttl
