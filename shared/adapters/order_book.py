@@ -3,7 +3,7 @@
 Keys (docs/order-book.md; one Redis, not Redis Cluster, since scripts touch several keys):
 - `pn:order:{mch_id}:{mch_order}` HASH mch_id, mch_order, amt (li), pay_type, created_at (Unix
   seconds), state (pending|settled|expired|failed); optional outcome (event type), settled_at,
-  reason, sweep_attempts, sweep_failures.
+  reason, sweep_attempts, sweep_failures, transfer_amt (li a bank transfer was asked to pay).
 - `pn:orders:pending` ZSET member `mch_id:mch_order`, score = when the sweeper next looks at it.
 - `pn:expired:{mch_id}:{mch_order}` the marker that makes `order.expired` go out once.
 - `pn:sweeper:lease` the lease of the one active sweeper.
@@ -128,6 +128,11 @@ def _entry(raw: Mapping[str, str]) -> OrderEntry:
         pay_type=parse_int("pay_type", _required(raw, "pay_type"), minimum=1),
         created_at=parse_int("created_at", _required(raw, "created_at")),
         state=OrderState(state),
+        transfer_amt=(
+            parse_int("transfer_amt", raw["transfer_amt"], minimum=1, maximum=MAX_AMOUNT_LI)
+            if raw.get("transfer_amt")
+            else None
+        ),
     )
     settled_at = raw.get("settled_at") or None
     try:
@@ -163,6 +168,13 @@ if new == 1 then
 end
 return {new, redis.call('HGET', KEYS[1], 'amt'), redis.call('HGET', KEYS[1], 'pay_type'),
         redis.call('HGET', KEYS[1], 'created_at')}
+"""
+
+# The sum a bank transfer was asked to pay, kept once: a later, different one is refused.
+_TRANSFER_AMT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+redis.call('HSETNX', KEYS[1], 'transfer_amt', ARGV[1])
+return redis.call('HGET', KEYS[1], 'transfer_amt')
 """
 
 _MARK_FAILED = """
@@ -244,6 +256,7 @@ class OrderBook:
         self._record_ttl = record_ttl
         self._record = redis.register_script(_RECORD)
         self._mark_failed = redis.register_script(_MARK_FAILED)
+        self._transfer_amt = redis.register_script(_TRANSFER_AMT)
         self._claim = redis.register_script(_CLAIM)
         self._reschedule = redis.register_script(_RESCHEDULE)
         self._begin_expire = redis.register_script(_BEGIN_EXPIRE)
@@ -290,7 +303,20 @@ class OrderBook:
         ]
         if differing:
             raise OrderConflictError(order.mch_id, order.mch_order, differing)
+        transfer_amt = getattr(order, "transfer_amt", None)
+        if transfer_amt is not None:
+            await self.record_transfer_amount(order.mch_id, order.mch_order, transfer_amt)
         return bool(new)
+
+    async def record_transfer_amount(self, mch_id: str, mch_order: str, amt: int) -> None:
+        """Keep the sum the create-order answer asked a bank transfer's payer to pay: the only
+        sum at which that transfer succeeds. Kept once; a different sum later raises
+        `OrderConflictError` and changes nothing; an order never recorded is left alone."""
+        stored = await self._transfer_amt(
+            keys=[order_record_key(mch_id, mch_order)], args=[str(amt)]
+        )
+        if stored is not None and int(stored) != amt:
+            raise OrderConflictError(mch_id, mch_order, ["transfer_amt"])
 
     async def mark_failed(self, mch_id: str, mch_order: str, reason: str) -> None:
         """The platform refused to create the order: a pending record becomes failed and leaves

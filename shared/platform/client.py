@@ -67,6 +67,8 @@ class OrderRecorder(Protocol):
 
     async def mark_failed(self, mch_id: str, mch_order: str, reason: str) -> None: ...
 
+    async def record_transfer_amount(self, mch_id: str, mch_order: str, amt: int) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class ClientConfig:
@@ -200,6 +202,9 @@ class PlatformClient:
             raise
         if (result.mch_id, result.mch_order) != (request.mch_id, request.mch_order):
             raise MalformedAnswer("the answer is about another order")
+        if recorder is not None and result.amt is not None and self._is_transfer(request.pay_type):
+            # The odd sum the payer is asked to transfer: the only one that settles the order.
+            await recorder.record_transfer_amount(request.mch_id, request.mch_order, result.amt)
         return result
 
     async def confirm_quick_pay(
@@ -221,6 +226,9 @@ class PlatformClient:
         )
 
     # --- plumbing ---------------------------------------------------------------------------
+
+    def _is_transfer(self, pay_type: int) -> bool:
+        return self._config.pay_types.get(pay_type).transfer
 
     def _now(self) -> int:
         return int(self._clock.time())

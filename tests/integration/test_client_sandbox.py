@@ -144,6 +144,11 @@ class InstantClock(SystemClock):
 class Recorder:
     pending: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    transfers: list[tuple[str, int]] = field(default_factory=list)
+
+    async def record_transfer_amount(self, mch_id: str, mch_order: str, amt: int) -> None:
+        assert mch_id
+        self.transfers.append((mch_order, amt))
 
     async def record_pending(self, request: CreateOrderRequest) -> None:
         self.pending.append(request.mch_order)
@@ -298,6 +303,9 @@ async def test_create_order_for_every_documented_path(
     assert answer.api_id == 1
     _expected_fields(pay_type, answer)
     assert recorder.pending == [request.mch_order]
+    # A bank transfer's asked sum is recorded: the only sum at which it will succeed.
+    transfer = pay_type in {42, 43, 44}
+    assert recorder.transfers == ([(request.mch_order, answer.amt)] if transfer else [])
     assert recorder.failed == []
 
 

@@ -200,3 +200,30 @@ async def test_a_confirmed_marker_blocks_a_second_event(redis: Redis) -> None:
     await book.record_pending(order)
     await redis.set(expired_marker_key("m1", order.mch_order), "emitted")
     assert await book.begin_expire(order) == "done"
+
+
+async def test_a_transfers_asked_sum_is_kept_once(redis: Redis) -> None:
+    """Issue 10, hole 2: the sum the create-order answer asked a transfer's payer for is kept
+    in the record (the decision needs it); a different sum later is refused and changes nothing;
+    an order never recorded gets no record from it."""
+    book = _book(redis, ManualClock())
+    await book.record_pending(OrderRecord("m1", "t-1", 10_000, 44, 1_700_000_000))
+    await book.record_transfer_amount("m1", "t-1", 9_987)
+    await book.record_transfer_amount("m1", "t-1", 9_987)  # the same again: fine
+    with pytest.raises(OrderConflictError):
+        await book.record_transfer_amount("m1", "t-1", 1)
+    record = await book.get("m1", "t-1")
+    assert record is not None
+    assert record.transfer_amt == 9_987
+    await book.record_transfer_amount("m1", "never-recorded", 5)
+    assert await book.get("m1", "never-recorded") is None
+
+
+async def test_an_order_recorded_with_its_transfer_sum_keeps_it(redis: Redis) -> None:
+    book = _book(redis, ManualClock())
+    await book.record_pending(
+        OrderRecord("m1", "t-2", 10_000, 42, 1_700_000_000, transfer_amt=10_013)
+    )
+    record = await book.get("m1", "t-2")
+    assert record is not None
+    assert record.transfer_amt == 10_013
