@@ -91,6 +91,12 @@ def parse_order_created(
             amt=_integer(document, "amt", minimum=1, maximum=MAX_AMOUNT_LI),
             pay_type=_integer(document, "pay_type", minimum=1, maximum=10**6),
             created_at=_integer(document, "created_at", minimum=1, maximum=MAX_TIMESTAMP),
+            # Optional: the sum a bank transfer's payer was asked to pay (create-order answer).
+            transfer_amt=(
+                _integer(document, "transfer_amt", minimum=1, maximum=MAX_AMOUNT_LI)
+                if document.get("transfer_amt") is not None
+                else None
+            ),
         )
     except FieldError as exc:
         raise OrderMessageError("invalid_fields", str(exc)) from None

@@ -93,3 +93,16 @@ def test_refusals_never_quote_the_value() -> None:
     with pytest.raises(OrderMessageError) as caught:
         _parse(GOOD | {"mch_order": "secret-value&x"})
     assert "secret-value" not in str(caught.value)
+
+
+def test_a_transfer_may_carry_the_sum_it_asked_the_payer_for() -> None:
+    """Issue 10, hole 2: `transfer_amt` (optional) reaches the record; a bad one is refused."""
+    document = GOOD | {"pay_type": 44, "transfer_amt": 10_013}
+    assert _parse(document).transfer_amt == 10_013
+    assert _parse(GOOD | {"pay_type": 44}).transfer_amt is None
+    for bad in (0, -1, "1.5", True, 10**16):
+        with pytest.raises(OrderMessageError) as caught:
+            _parse(GOOD | {"transfer_amt": bad})
+        assert caught.value.reason == "invalid_fields"
+        assert "transfer_amt" in caught.value.detail
+
