@@ -91,6 +91,7 @@ async def consume(
     *,
     idle_exit: float | None = None,
     on_event: Callable[[dict[str, Any], int], None] | None = None,
+    topic: str = EVENTS_TOPIC,
 ) -> BillingState:
     """Consume until `stop` is set (or, with `idle_exit`, until no event came for that long).
 
@@ -106,8 +107,8 @@ async def consume(
     )
     await consumer.start()
     try:
-        partitions = await _partitions(bootstrap)
-        tps = [TopicPartition(EVENTS_TOPIC, p) for p in partitions]
+        partitions = await _partitions(bootstrap, topic)
+        tps = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(tps)
         for tp in tps:
             if tp.partition in state.offsets:
@@ -133,7 +134,7 @@ async def consume(
     return state
 
 
-async def _partitions(bootstrap: str) -> list[int]:
+async def _partitions(bootstrap: str, topic: str) -> list[int]:
     # From the broker's metadata: a consumer's own metadata holds only topics it subscribed to,
     # and this one assigns partitions itself.
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -141,7 +142,7 @@ async def _partitions(bootstrap: str) -> list[int]:
     try:
         async with asyncio.timeout(30):
             while True:
-                (described,) = await admin.describe_topics([EVENTS_TOPIC])
+                (described,) = await admin.describe_topics([topic])
                 found = [p["partition"] for p in described.get("partitions") or ()]
                 if described.get("error_code") == 0 and found:
                     return sorted(found)
@@ -156,6 +157,11 @@ def main() -> int:
     parser.add_argument(
         "--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     )
+    parser.add_argument(
+        "--topic",
+        default=os.environ.get("PAYNOTIFY_TOPIC_PREFIX", "") + EVENTS_TOPIC,
+        help="the events topic (default: PAYNOTIFY_TOPIC_PREFIX + paynotify.events)",
+    )
     args = parser.parse_args()
 
     async def run() -> BillingState:
@@ -164,7 +170,7 @@ def main() -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
-        return await consume(args.bootstrap, args.state, stop)
+        return await consume(args.bootstrap, args.state, stop, topic=args.topic)
 
     state = asyncio.run(run())
     for event_type, count in sorted(state.counts.items()):

@@ -24,7 +24,6 @@ from ingress.publisher import Publisher
 from ingress.readiness import KafkaReadiness
 from ingress.refusals import Reason, Refusal
 from ingress.verification import Verifier
-from shared import topics
 from shared.adapters.kafka import (
     SOURCE_NOTIFICATION,
     CallbackEnvelope,
@@ -203,16 +202,20 @@ async def _kafka_clients(app: web.Application) -> AsyncIterator[None]:
     try:
         admin = await start_admin(settings, client_id="paynotify-ingress-readiness")
         app[PRODUCER], app[ADMIN] = producer, admin
-        await _learn_partitions(producer, settings.kafka_ack_timeout, ingress.log)
+        names = settings.topics
+        await _learn_partitions(
+            producer, (names.callbacks, names.rejected), settings.kafka_ack_timeout, ingress.log
+        )
         publisher = Publisher(
             producer,
+            topics=names,
             ack_timeout=settings.kafka_ack_timeout,
             counters=ingress.counters,
             log=ingress.log,
         )
         ingress.publisher = publisher
         ingress.readiness = KafkaReadiness(
-            admin, topics.CALLBACKS, ingress.clock, timeout=min(settings.kafka_ack_timeout, 2.0)
+            admin, names.callbacks, ingress.clock, timeout=min(settings.kafka_ack_timeout, 2.0)
         )
         ingress.log.info("ingress_started", kafka=settings.kafka_bootstrap_servers)
         yield
@@ -227,9 +230,11 @@ async def _kafka_clients(app: web.Application) -> AsyncIterator[None]:
         ingress.log.info("ingress_stopped", published=ingress.counters.published)
 
 
-async def _learn_partitions(producer: AIOKafkaProducer, bound: float, log: BoundLogger) -> None:
+async def _learn_partitions(
+    producer: AIOKafkaProducer, names: tuple[str, ...], bound: float, log: BoundLogger
+) -> None:
     """Fetch the topics' partitions now, so that no request waits for that metadata."""
-    for topic in (topics.CALLBACKS, topics.REJECTED):
+    for topic in names:
         try:
             async with asyncio.timeout(bound):
                 await producer.partitions_for(topic)

@@ -18,28 +18,33 @@ from typing import TYPE_CHECKING, Any
 from aiokafka.errors import KafkaError
 
 from ingress.refusals import Reason
-from shared import topics
 
 if TYPE_CHECKING:
     from ingress.counters import IngressCounters
     from shared.adapters.kafka import CallbackEnvelope
     from shared.logs import BoundLogger
+    from shared.topics import Topics
 
 MAX_PENDING_AUDITS = 1000
 
 
 class Publisher:
-    __slots__ = ("_ack_timeout", "_audit_timeout", "_audits", "_counters", "_log", "_producer")
+    __slots__ = (
+        "_ack_timeout", "_audit_timeout", "_audits", "_callbacks", "_counters", "_log",
+        "_producer", "_rejected",
+    )  # fmt: skip
 
     def __init__(
         self,
         producer: Any,  # AIOKafkaProducer from shared.adapters.kafka.start_producer
         *,
+        topics: Topics,
         ack_timeout: float,
         counters: IngressCounters,
         log: BoundLogger,
     ) -> None:
         self._producer = producer
+        self._callbacks, self._rejected = topics.callbacks, topics.rejected
         self._ack_timeout = ack_timeout
         self._audit_timeout = max(ack_timeout, 5.0)
         self._counters = counters
@@ -53,7 +58,7 @@ class Publisher:
             async with asyncio.timeout(self._ack_timeout):
                 # Cancelling `send` itself (waiting for metadata or buffer room) drops the
                 # message; once it returns, the message is queued and can only be waited for.
-                delivery = await self._producer.send(topics.CALLBACKS, envelope, key=key)
+                delivery = await self._producer.send(self._callbacks, envelope, key=key)
                 await asyncio.shield(delivery)
         except TimeoutError:
             if delivery is not None:
@@ -92,7 +97,7 @@ class Publisher:
     async def _send_audit(self, record: dict[str, Any], key: str | None) -> None:
         try:
             async with asyncio.timeout(self._audit_timeout):
-                await (await self._producer.send(topics.REJECTED, record, key=key))
+                await (await self._producer.send(self._rejected, record, key=key))
         except Exception as exc:
             # Best effort by design: the refusal itself was answered and counted already.
             self._counters.audit_failed += 1

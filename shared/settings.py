@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal
 
 from shared.domain.decision import DEFAULT_REPLAY_WINDOW_S, DEFAULT_TRANSFER_TOLERANCE_LI
+from shared.topics import Topics
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -98,6 +99,11 @@ class Settings:
             sweep_concurrency=read.integer("PAYNOTIFY_SWEEP_CONCURRENCY", cls.sweep_concurrency),
             order_expiry=read.number("PAYNOTIFY_ORDER_EXPIRY", cls.order_expiry),
         )
+
+    @property
+    def topics(self) -> Topics:
+        """This deployment's topic names (`PAYNOTIFY_TOPIC_PREFIX` before each)."""
+        return Topics(self.topic_prefix)
 
     def scaled(self, seconds: float) -> float:
         """A schedule's delay under `PAYNOTIFY_TIME_SCALE` (0.01 runs 49 minutes in 29 s)."""

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer
 
-from shared import topics
 from shared.adapters.kafka import start_producer
 from shared.adapters.order_book import OrderBook
 from shared.adapters.outcomes import OutcomeStore
@@ -77,8 +76,8 @@ def build_reconciler(
         store=store,
         platform=platform,
         merchants=merchants,
-        events=TopicSink(producer, topics.EVENTS, CLOUDEVENTS_HEADERS),
-        dlq=TopicSink(producer, topics.DLQ),
+        events=TopicSink(producer, settings.topics.events, CLOUDEVENTS_HEADERS),
+        dlq=TopicSink(producer, settings.topics.dlq),
         pay_types=PayTypeCatalog.documented().with_overrides(settings.pay_type_paths),
         policy=settings.order_records,
         schedule=requery_schedule(settings.time_scale),
@@ -123,7 +122,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, clock: Clock | Non
     runner = KeyedRunner(settings.worker_concurrency)
     callbacks = CallbackConsumer(
         consumer,
-        topics.CALLBACKS,
+        settings.topics.callbacks,
         runner,
         reconciler.settle,
         store=store,

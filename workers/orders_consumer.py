@@ -23,7 +23,6 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from redis.exceptions import RedisError
 
-from shared import topics
 from shared.adapters.order_book import OrderConflictError
 from shared.domain.orders import OrderRecord
 from shared.logs import get_logger
@@ -112,7 +111,7 @@ def orders_consumer_factory(settings: Settings) -> Callable[[], AIOKafkaConsumer
 
     def make() -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
-            topics.ORDERS,
+            settings.topics.orders,
             bootstrap_servers=settings.kafka_bootstrap_servers,
             group_id=orders_group(settings),
             client_id="paynotify-orders",
@@ -142,14 +141,14 @@ class OrdersConsumer:
         producer: AIOKafkaProducer,
         clock: Clock,
         consumer_factory: Callable[[], AIOKafkaConsumer] | None = None,
-        dlq_topic: str = topics.DLQ,
+        dlq_topic: str | None = None,  # default: the deployment's DLQ
         max_records: int = 200,
     ) -> None:
         self._book = book
         self._producer = producer
         self._clock = clock
         self._make_consumer = consumer_factory or orders_consumer_factory(settings)
-        self._dlq_topic = dlq_topic
+        self._dlq_topic = settings.topics.dlq if dlq_topic is None else dlq_topic
         self._max_records = max_records
         self._stopping = asyncio.Event()
         self._log = get_logger("orders")

@@ -10,7 +10,6 @@ import asyncio
 import sys
 from typing import TYPE_CHECKING
 
-from shared import topics
 from shared.adapters.kafka import start_producer
 from shared.adapters.order_book import OrderBook
 from shared.adapters.redis_client import connect_redis
@@ -57,8 +56,8 @@ def build_sweeper(
     producer: Publisher,
     *,
     clock: Clock,
-    callbacks_topic: str = topics.CALLBACKS,
-    events_topic: str = topics.EVENTS,
+    callbacks_topic: str | None = None,  # default: the deployment's (settings.topics)
+    events_topic: str | None = None,
     name: str = "sweeper",
 ) -> Sweeper:
     """The sweeper on the given connections, with the settings' schedule and limits."""
@@ -73,8 +72,8 @@ def build_sweeper(
         clock=clock,
         schedule=schedule,
         limits=sweeper_limits(settings),
-        callbacks_topic=callbacks_topic,
-        events_topic=events_topic,
+        callbacks_topic=callbacks_topic or settings.topics.callbacks,
+        events_topic=events_topic or settings.topics.events,
         name=name,
     )
 

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from shared import topics
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -29,8 +28,10 @@ def topic_configs(settings: Settings) -> dict[str, str]:
     return {"min.insync.replicas": min_isr}
 
 
-async def ensure_topics(settings: Settings, names: Iterable[str] = topics.ALL) -> list[str]:
-    """Create whichever of `names` is missing; return the ones created."""
+async def ensure_topics(settings: Settings, names: Iterable[str] | None = None) -> list[str]:
+    """Create whichever of `names` (default: the deployment's topics) is missing; return the
+    ones created."""
+    names = settings.topics.all if names is None else names
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await admin.start()
     try:
@@ -59,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     settings = Settings.from_env()
     created = asyncio.run(ensure_topics(settings))
-    for name in topics.ALL:
+    for name in settings.topics.all:
         state = "created" if name in created else "exists"
         print(f"{name}: {state}")  # noqa: T201 - a command's output
     return 0

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, TextIO
 import aiohttp
 from redis.asyncio import Redis
 
-from shared import topics
 from shared.adapters.order_book import OrderBook
 from shared.clock import SystemClock
 from shared.demo.isolation import (
@@ -107,6 +106,9 @@ def run_demo(
         "PAYNOTIFY_MERCHANTS_FILE": str(merchants_file),
         "PAYNOTIFY_TIME_SCALE": repr(config.time_scale),
         "PAYNOTIFY_CONSUMER_GROUP": group,
+        # Topics of the run's own: runs sharing a broker never see each other's messages (two
+        # runs on one callbacks topic but different Redis databases decided payments twice).
+        "PAYNOTIFY_TOPIC_PREFIX": f"demo-{run_id}.",
         "PAYNOTIFY_ORDER_EXPIRY": repr(config.expiry / config.time_scale),
         "PAYNOTIFY_ORDER_RECORDS": "required",  # whatever the shell says: the checks assume it
         # Compressed time packs a day of sweeping into a minute: let the sweeper keep up.
@@ -118,7 +120,7 @@ def run_demo(
     try:
         pipeline.ensure_topics()
         billing_state = state_dir / "billing-state.json"
-        asyncio.run(_start_at_end(services.kafka_bootstrap, group, billing_state))
+        asyncio.run(_start_at_end(Settings.from_env(env), billing_state))
         # Orders pay themselves shortly after creation, unless their scenario says "never".
         pipeline.start_sandbox("--seed", str(config.seed), "--pay-after", repr(PAID_AFTER))
         pipeline.start_ingress()
@@ -143,14 +145,15 @@ def run_demo(
     return result
 
 
-async def _start_at_end(bootstrap: str, group: str, billing_state: Path) -> None:
+async def _start_at_end(settings: Settings, billing_state: Path) -> None:
     """The run's consumer groups and its billing consumer start after every older record."""
     from examples.billing_consumer import BillingState  # noqa: PLC0415 - a repo example
 
-    await start_group_at_end(bootstrap, group, topics.CALLBACKS)
-    await start_group_at_end(bootstrap, orders_group(Settings(consumer_group=group)), topics.ORDERS)
+    bootstrap, names = settings.kafka_bootstrap_servers, settings.topics
+    await start_group_at_end(bootstrap, settings.consumer_group, names.callbacks)
+    await start_group_at_end(bootstrap, orders_group(settings), names.orders)
     billing_state.parent.mkdir(parents=True, exist_ok=True)
-    BillingState(offsets=await end_offsets(bootstrap, topics.EVENTS)).save(billing_state)
+    BillingState(offsets=await end_offsets(bootstrap, names.events)).save(billing_state)
 
 
 class _Run:
@@ -311,7 +314,11 @@ class _Run:
             self.seen.events.append(SeenEvent.from_event(event, kafka_ms))
 
         return await consume(
-            self.settings.kafka_bootstrap_servers, self.billing_state, stop, on_event=collect
+            self.settings.kafka_bootstrap_servers,
+            self.billing_state,
+            stop,
+            on_event=collect,
+            topic=self.settings.topics.events,
         )
 
     async def _watch(self, session: aiohttp.ClientSession, sandbox: SandboxControl) -> None:

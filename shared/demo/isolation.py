@@ -3,9 +3,10 @@
 - **Redis**: the run claims an empty database of its own (the order book, outcomes, retries, the
   sweeper's lease and index all live there), and empties it when it ends. A database left by a
   run that died is reclaimed once its process is gone.
-- **Kafka**: topics are shared, so the run's workers join consumer groups of their own, whose
-  offsets are committed at the topics' current end before they start: they never see an older
-  run's notifications. The billing consumer starts at the end of `paynotify.events` likewise.
+- **Kafka**: the run has topics of its own (`PAYNOTIFY_TOPIC_PREFIX=demo-<run id>.`): two runs
+  on one callbacks topic but different Redis databases would decide the same payments twice.
+  Its consumer groups are its own too, started at the topics' end, and so is its billing
+  consumer's position on the events topic.
 """
 
 from __future__ import annotations
