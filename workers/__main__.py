@@ -152,7 +152,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, clock: Clock | Non
         )
         async with asyncio.TaskGroup() as group:
             group.create_task(retries.run(stop))
-            group.create_task(_report(stats, stop))
+            group.create_task(_report(stats, stop, runner, reconciler.attempt_deadline))
             orders_task = group.create_task(orders.run())
             await callbacks.run(stop)
             await orders.stop()
@@ -166,12 +166,21 @@ async def run_worker(settings: Settings, stop: asyncio.Event, clock: Clock | Non
         log.info("worker_stopped", **stats)
 
 
-async def _report(stats: Counter[str], stop: asyncio.Event) -> None:
+async def _report(
+    stats: Counter[str], stop: asyncio.Event, runner: KeyedRunner, attempt_deadline: float
+) -> None:
+    """The counters every STATS_EVERY seconds, and the watchdog: a job running longer than its
+    attempts can take (each attempt is bounded) is reported with its order and age."""
     log = get_logger("worker.stats")
+    bound = attempt_deadline * 3 + 60
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(STATS_EVERY):
                 await stop.wait()
+        overdue = runner.overdue(bound)
+        stats["jobs_overdue"] = len(overdue)
+        for key, age in overdue[:10]:
+            log.error("job_overdue", order=key, age=round(age, 1), bound=bound)
         log.info("worker_stats", **stats)
 
 

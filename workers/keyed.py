@@ -24,6 +24,7 @@ class KeyedRunner:
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._started: dict[str, float] = {}  # key -> loop time its running job started
         self.failure: BaseException | None = None  # the first job that raised; the owner stops
 
     async def submit(self, key: str, job: Callable[[], Awaitable[None]]) -> None:
@@ -42,6 +43,7 @@ class KeyedRunner:
         queue = self._queues[key]
         while queue:
             job = queue[0]
+            self._started[key] = asyncio.get_running_loop().time()
             try:
                 await job()
             except asyncio.CancelledError:
@@ -53,9 +55,23 @@ class KeyedRunner:
             finally:
                 queue.popleft()
                 self._slots.release()
+                self._started.pop(key, None)
         del self._queues[key]
         if not self._queues:
             self._idle.set()
+
+    def overdue(self, bound: float) -> list[tuple[str, float]]:
+        """The keys whose running job started more than `bound` seconds ago, with its age: the
+        watchdog's view (every job has a deadline, so any entry here is a defect to report)."""
+        now = asyncio.get_running_loop().time()
+        return sorted(
+            (
+                (key, now - started)
+                for key, started in self._started.items()
+                if now - started > bound
+            ),
+            key=lambda item: -item[1],
+        )
 
     @property
     def held(self) -> int:

@@ -88,3 +88,22 @@ async def test_a_failing_job_is_recorded_for_the_owner() -> None:
     async with asyncio.timeout(5):
         await runner.wait_idle()
     assert isinstance(runner.failure, RuntimeError)
+
+
+async def test_the_watchdog_sees_a_job_older_than_its_bound() -> None:
+    """`overdue` names the running jobs past a bound, oldest first; a finished job is gone."""
+    runner = KeyedRunner(4)
+    release = asyncio.Event()
+
+    async def stuck() -> None:
+        await release.wait()
+
+    await runner.submit("m:slow", stuck)
+    await asyncio.sleep(0.05)
+    await runner.submit("m:later", stuck)
+    await asyncio.sleep(0.01)
+    assert [key for key, _ in runner.overdue(0.0)] == ["m:slow", "m:later"]
+    assert runner.overdue(10.0) == []
+    release.set()
+    await runner.wait_idle()
+    assert runner.overdue(0.0) == []
