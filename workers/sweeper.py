@@ -9,24 +9,30 @@
 - A paid answer goes to `paynotify.callbacks` as a query-sourced envelope: the workers settle it
   with the same dedupe and write-once outcome as a notification. An order unpaid at expiry gets
   one `paynotify.order.expired` event (marker `pn:expired:...`, SET NX).
-- Queries start at most `rate` per second, at most `concurrency` at a time.
+- Queries start at most `rate` per second, at most `concurrency` at a time. The budget is kept
+  for orders that can be settled: an order that cannot be queried (no key for its merchant,
+  answer codes such as 101, an unexpected error) is retried rarely and then given up (DLQ), and a
+  merchant whose queries keep failing is rested (`MerchantRest`) rather than queried at full rate.
+- No single order stops the sweeper: an unexpected error is dead-lettered (`internal_error`) and
+  the sweep goes on. Redis and Kafka being away is waited out with capped, jittered backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from aiokafka.errors import KafkaError
-from redis.exceptions import RedisError
+import orjson
 
 from shared import topics
 from shared.adapters.kafka import CallbackEnvelope
 from shared.adapters.order_book import SWEEPER_LEASE_KEY, CorruptRecordError, OrderEntry
+from shared.adapters.outages import OUTAGES
 from shared.domain.decision import QueryAnswer
 from shared.domain.events import encode
 from shared.domain.orders import OrderState
@@ -34,16 +40,22 @@ from shared.domain.sweep import (
     CheckAgain,
     ExpireOrder,
     ForwardPaid,
+    MerchantRest,
+    StopSweeping,
     after_answer,
     after_failure,
+    after_hopeless,
+    hopeless_reason,
     next_slot,
 )
 from shared.logs import get_logger
-from shared.protocol.errors import OrderNotFound, PlatformError, UnknownMerchant
+from shared.platform.retry import OUTAGE_BACKOFF, wait_out
+from shared.protocol.errors import OrderNotFound, PlatformError, UnknownMerchant, clean_msg
 from shared.protocol.models import ENVELOPE_FIELDS
+from workers.reconcile import dead_letter
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable, Container
 
     from shared.adapters.order_book import OrderBook
     from shared.adapters.redis_lock import Locks
@@ -52,9 +64,10 @@ if TYPE_CHECKING:
     from shared.domain.sweep import SweepSchedule
     from shared.protocol.models import OrderQueryAnswer
 
+_T = TypeVar("_T")
 SOURCE_QUERY = "query"  # the envelope's `source` for reports the sweeper found
-# Errors of the services around one order's sweep: logged, and the order tried again later.
-_SERVICE_ERRORS = (RedisError, KafkaError, OSError)
+DLQ_ORIGIN = "sweeper"  # the `origin` of the sweeper's dead letters (the workers' name a topic)
+Claimed = OrderEntry | CorruptRecordError | None
 
 
 class OrderQuery(Protocol):
@@ -74,14 +87,18 @@ class SweeperLimits:
     lease_ttl: float = 10.0  # seconds; a dead leader's lease frees itself after this
     claim_hold: float = 120.0  # seconds a claimed order is hidden from other claims
     poll: float = 1.0  # seconds between looks at an empty index, and between lease attempts
+    # Seconds the sweeps in flight get to finish when the sweeper stops or loses its lease
+    # (say, one waiting out a Redis outage); then they are cancelled and their orders come due
+    # again after the claim's hold. Forwarding and expiring are idempotent, so that is safe.
+    grace: float = 10.0
 
     def __post_init__(self) -> None:
         if not self.rate > 0 or self.concurrency < 1:
             raise ValueError("the sweep rate must be positive and the concurrency at least 1")
         if not 0 < self.lease_ttl < self.claim_hold:
             raise ValueError("need 0 < lease_ttl < claim_hold")
-        if not self.poll > 0:
-            raise ValueError("poll must be positive")
+        if not (self.poll > 0 and self.grace > 0):
+            raise ValueError("poll and grace must be positive")
 
 
 class Pacer:
@@ -113,9 +130,15 @@ class Sweeper:
         limits: SweeperLimits,
         callbacks_topic: str = topics.CALLBACKS,
         events_topic: str = topics.EVENTS,
+        dlq_topic: str = topics.DLQ,
+        merchants: Container[str] | None = None,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        random: Callable[[], float] = random.random,
         name: str = "sweeper",
     ) -> None:
+        """`merchants`: the merchant ids the platform client has keys for; an order of any other
+        merchant is not queried (it could only fail) and is given up after its hopeless tries.
+        None: every order is queried, and the client's `UnknownMerchant` says so instead."""
         self._book = book
         self._locks = locks
         self._platform = platform
@@ -125,30 +148,37 @@ class Sweeper:
         self._limits = limits
         self._callbacks_topic = callbacks_topic
         self._events_topic = events_topic
+        self._dlq_topic = dlq_topic
+        self._merchants = merchants
         self._new_id = new_id
+        self._random = random
         self._pacer = Pacer(clock, limits.rate)
+        self._rest = MerchantRest(schedule)
         self._stopping = asyncio.Event()
         self._log = get_logger("sweeper", instance=name)
         self.stats: Counter[str] = Counter()
         self.leading = False
+        self._claim_failures = 0
 
     async def stop(self) -> None:
         """Stop claiming, let the queries in flight finish, release the lease, return."""
         self._stopping.set()
 
     async def run(self) -> None:
-        """Wait for the lease, sweep while holding it, wait again if it is lost; until stopped."""
+        """Wait for the lease, sweep while holding it, wait again if it is lost; until stopped.
+        Nothing ends it but `stop()`: Redis being away (or the lease key being unusable) is
+        waited out with capped, jittered backoff."""
         lease_ms = int(self._limits.lease_ttl * 1000)
-        pause = self._limits.poll
+        failures = 0
         while not self._stopping.is_set():
             try:
                 token = await self._locks.acquire(SWEEPER_LEASE_KEY, lease_ms)
-            except _SERVICE_ERRORS as exc:
-                self._log.warning("lease_unreachable", error=type(exc).__name__, pause=pause)
+            except Exception as exc:  # never exit for the lease: wait, say so
+                pause = self._backoff("lease_unreachable", exc, failures)
+                failures += 1
                 await self._pause(pause)
-                pause = min(pause * 2, self._limits.lease_ttl)
                 continue
-            pause = self._limits.poll
+            failures = 0
             if token is None:
                 await self._pause(self._limits.poll)
                 continue
@@ -160,7 +190,7 @@ class Sweeper:
                 self.leading = False
                 try:
                     await self._locks.release(SWEEPER_LEASE_KEY, token)
-                except _SERVICE_ERRORS as exc:  # it expires by itself after lease_ttl
+                except Exception as exc:  # it expires by itself after lease_ttl
                     self._log.warning("lease_release_failed", error=type(exc).__name__)
                 self._log.info("lease_given_up")
 
@@ -180,38 +210,83 @@ class Sweeper:
                 )
                 inflight -= done
                 for task in done:
-                    task.result()  # a bug in a sweep is raised here, not lost
+                    task.result()  # `_sweep` handles every Exception; anything else is raised
         finally:
-            if inflight:
-                await asyncio.gather(*inflight, return_exceptions=True)
+            await self._drain(inflight)
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
 
-    async def _claim(self, free: int) -> list[tuple[str, OrderEntry | CorruptRecordError | None]]:
+    async def _drain(self, inflight: set[asyncio.Task[None]]) -> None:
+        """Let the sweeps in flight finish within the grace; cancel the rest (their claims'
+        holds bring them back)."""
+        if not inflight:
+            return
+        try:
+            async with asyncio.timeout(self._limits.grace):
+                await asyncio.gather(*inflight, return_exceptions=True)
+        except TimeoutError:  # the gather cancelled them
+            self.stats["sweeps_cancelled"] += sum(not task.done() for task in inflight)
+            await asyncio.gather(*inflight, return_exceptions=True)
+
+    async def _claim(self, free: int) -> list[tuple[str, Claimed]]:
         if free <= 0:
             return []
         try:
             members = await self._book.claim_due(hold=self._limits.claim_hold, limit=free)
-            return await self._book.entries(members) if members else []
-        except _SERVICE_ERRORS as exc:
-            self._log.warning("claim_failed", error=type(exc).__name__)
-            await self._pause(self._limits.poll)
+            found = await self._book.entries(members) if members else []
+        except Exception as exc:  # the index as a whole: wait, never exit
+            # The claimed members, if any, come due again after their hold.
+            await self._pause(self._backoff("claim_failed", exc, self._claim_failures))
+            self._claim_failures += 1
             return []
+        self._claim_failures = 0
+        return found
 
     async def _renew(self, token: str, lost: asyncio.Event) -> None:
-        ttl_ms = int(self._limits.lease_ttl * 1000)
+        """Renew the lease every third of its TTL. A renewal that fails for an outage is tried
+        again at the next beat: the lease is ours until its TTL has run out since the last good
+        renewal, so a short Redis blip does not hand the work over."""
+        ttl = self._limits.lease_ttl
+        renewed = self._clock.monotonic()
         while True:
-            await self._clock.sleep(self._limits.lease_ttl / 3)
+            await self._clock.sleep(ttl / 3)
             try:
-                held = await self._locks.renew(SWEEPER_LEASE_KEY, token, ttl_ms)
-            except _SERVICE_ERRORS as exc:
+                held = await self._locks.renew(SWEEPER_LEASE_KEY, token, int(ttl * 1000))
+            except OUTAGES as exc:
                 self._log.warning("lease_renew_failed", error=type(exc).__name__)
+                held = self._clock.monotonic() - renewed < ttl
+            except Exception:  # the lease key is unusable: lead no more, `run` waits it out
+                self._log.exception("lease_renew_error")
                 held = False
+            else:
+                renewed = self._clock.monotonic() if held else renewed
             if not held:
                 self._log.warning("lease_lost")
                 lost.set()
                 return
+
+    def _backoff(self, event: str, exc: Exception, failures: int) -> float:
+        """Log a failed call of the sweep loop and return the pause before the next try: an
+        outage is a warning, anything else an error with its traceback (and counted)."""
+        pause = OUTAGE_BACKOFF.backoff(failures, self._random)
+        if isinstance(exc, OUTAGES):
+            self.stats["outage_waits"] += 1
+            self._log.warning(event, error=type(exc).__name__, pause=round(pause, 3))
+        else:
+            self.stats["loop_errors"] += 1
+            self._log.exception(event, error=type(exc).__name__, pause=round(pause, 3))
+        return pause
+
+    async def _io(self, call: Callable[[], Awaitable[_T]]) -> _T:
+        """One Redis or Kafka call of an order's sweep, with an outage waited out."""
+        return await wait_out(
+            call, errors=OUTAGES, clock=self._clock, random=self._random, on_retry=self._waiting
+        )
+
+    def _waiting(self, exc: BaseException, pause: float) -> None:
+        self.stats["outage_waits"] += 1
+        self._log.warning("service_unavailable", error=type(exc).__name__, pause=round(pause, 3))
 
     async def _pause(self, seconds: float, also: asyncio.Event | None = None) -> None:
         """Sleep on the clock, waking early when stopping (or `also` is set)."""
@@ -231,43 +306,51 @@ class Sweeper:
 
     # --- one order ------------------------------------------------------------------------
 
-    async def _sweep(self, member: str, entry: OrderEntry | CorruptRecordError | None) -> None:
-        log = self._log.bind(order=member)
+    async def _sweep(self, member: str, entry: Claimed) -> None:
+        """Sweep one claimed order. Every Exception ends here: outages were waited out below, so
+        what arrives is a fault of this order (a bug, a record of the wrong type...): it is
+        dead-lettered as `internal_error` and the order is pushed back, and the sweep goes on."""
         try:
             await self._sweep_entry(member, entry)
-        except (*_SERVICE_ERRORS, ValueError) as exc:
-            # Handled, not swallowed: the order stays pending and is tried again; if even the
-            # reschedule fails, the claim's hold brings it back.
-            self.stats["errors"] += 1
-            log.exception("sweep_failed", error=type(exc).__name__)
-            failures = entry.sweep_failures + 1 if isinstance(entry, OrderEntry) else 1
-            retry = after_failure(failures, now=self._clock.time(), schedule=self._schedule)
-            with contextlib.suppress(*_SERVICE_ERRORS):
-                await self._book.reschedule(member, retry.due, queried=False, failed=True)
+        except Exception as exc:  # the one place one order's surprise is handled
+            await self._internal_error(member, entry, exc)
 
-    async def _sweep_entry(
-        self, member: str, entry: OrderEntry | CorruptRecordError | None
-    ) -> None:
-        bound = self._log.bind(order=member)
+    async def _sweep_entry(self, member: str, entry: Claimed) -> None:
+        bound = self._log.bind(order=_text(member))
         if isinstance(entry, CorruptRecordError):
+            # Retrying cannot repair it, and without the record no answer can be acted on.
             self.stats["corrupt"] += 1
             bound.error("order_record_corrupt", error=str(entry))
-            due = self._clock.time() + self._schedule.max_gap
-            await self._book.reschedule(member, due, queried=False, failed=None)
+            await self._give_up(member, None, "corrupt_order_record", str(entry))
             return
         if entry is None or entry.record.state is not OrderState.PENDING:
             # The record expired or was settled, failed or expired elsewhere: nothing to sweep.
             self.stats["dropped"] += 1
             bound.info("pending_entry_dropped", state=None if entry is None else entry.record.state)
-            await self._book.drop(member)
+            await self._io(lambda: self._book.drop(member))
             return
         record = entry.record
+        now = self._clock.time()
         first = self._schedule.first_due(record.created_at)
-        if entry.sweep_attempts == 0 and self._clock.time() < first:
+        if entry.sweep_attempts == 0 and now < first:
             # Recorded without this schedule (e.g. by a process with another time scale).
-            await self._book.reschedule(member, first, queried=False, failed=None)
+            await self._io(lambda: self._book.reschedule(member, first, queried=False, failed=None))
             return
-        await self._query_and_decide(member, entry, record)
+        if self._merchants is not None and record.mch_id not in self._merchants:
+            # No key to sign the query with: asking would only fail, so no budget is spent.
+            detail = "no key is configured for the order's merchant"
+            await self._hopeless(member, entry, "unknown_merchant", detail, queried=False)
+            return
+        rest_until = self._rest.admit(record.mch_id, now)
+        if rest_until is not None:  # the merchant's queries keep failing: wait, unqueried
+            self.stats["rested"] += 1
+            due = rest_until + self._random() * self._schedule.retry_gap  # spread the return
+            await self._io(lambda: self._book.reschedule(member, due, queried=False, failed=None))
+            return
+        try:
+            await self._query_and_decide(member, entry, record)
+        finally:
+            self._rest.abandoned(record.mch_id)  # a probe that ended without a verdict
 
     async def _query_and_decide(self, member: str, entry: OrderEntry, record: OrderRecord) -> None:
         log = self._log.bind(mch_id=record.mch_id, mch_order=record.mch_order)
@@ -281,21 +364,33 @@ class Sweeper:
             queried = QueryAnswer(report=None, queried_at=int(self._clock.time()))
         except (PlatformError, UnknownMerchant) as exc:
             self.stats["query_failures"] += 1
+            self._rest.failed(record.mch_id, self._clock.time())
+            reason = hopeless_reason(exc)
+            if reason is not None:
+                await self._hopeless(member, entry, reason, str(exc), queried=True)
+                return
             retry = after_failure(
                 entry.sweep_failures + 1, now=self._clock.time(), schedule=self._schedule
             )
             log.warning("sweep_query_failed", error=type(exc).__name__, retry_at=retry.due)
-            await self._book.reschedule(member, retry.due, queried=True, failed=True)
+            await self._io(
+                lambda: self._book.reschedule(member, retry.due, queried=True, failed=True)
+            )
             return
+        self._rest.answered(record.mch_id)
         decision = after_answer(record, queried, now=self._clock.time(), schedule=self._schedule)
         if isinstance(decision, CheckAgain):
-            await self._book.reschedule(member, decision.due, queried=True, failed=False)
+            await self._io(
+                lambda: self._book.reschedule(member, decision.due, queried=True, failed=False)
+            )
             log.debug("sweep_unpaid", answer=str(queried.status), next_at=decision.due)
         elif isinstance(decision, ForwardPaid):
             if answer is None:  # pragma: no cover - a paid decision needs an answer
                 raise ValueError("a paid decision without an answer")
             await self._forward(record, answer)
-            await self._book.reschedule(member, decision.due, queried=True, failed=False)
+            await self._io(
+                lambda: self._book.reschedule(member, decision.due, queried=True, failed=False)
+            )
             log.info("sweep_found_paid", recheck_at=decision.due)
         elif isinstance(decision, ExpireOrder):
             await self._expire(record, decision)
@@ -310,16 +405,21 @@ class Sweeper:
             delivery_id=self._new_id(),
             source=SOURCE_QUERY,
         )
-        await self._producer.send_and_wait(
-            self._callbacks_topic, envelope.encode(), key=record.order_key
+        value = envelope.encode()
+        await self._io(
+            lambda: self._producer.send_and_wait(self._callbacks_topic, value, key=record.order_key)
         )
         self.stats["forwarded"] += 1
 
     async def _expire(self, record: OrderRecord, decision: ExpireOrder) -> None:
-        step = await self._book.begin_expire(record)
+        step = await self._io(lambda: self._book.begin_expire(record))
         if step == "emit":
             value = encode(decision.event, time=self._clock.time())
-            await self._producer.send_and_wait(self._events_topic, value, key=record.order_key)
+            await self._io(
+                lambda: self._producer.send_and_wait(
+                    self._events_topic, value, key=record.order_key
+                )
+            )
             self.stats["expired"] += 1
             self._log.info(
                 "order_expired",
@@ -328,7 +428,110 @@ class Sweeper:
                 answer=str(decision.event.answer),
             )
         if step in {"emit", "done"}:
-            await self._book.finish_expire(record)
+            await self._io(lambda: self._book.finish_expire(record))
+
+    # --- orders that cannot be settled by asking again ------------------------------------
+
+    async def _hopeless(
+        self, member: str, entry: OrderEntry, reason: str, detail: str, *, queried: bool
+    ) -> None:
+        """A failure that retrying cannot fix: look again after a long, doubling gap (the
+        configuration may be corrected meanwhile), and give up at the bound."""
+        tries = entry.sweep_hopeless + 1
+        step = after_hopeless(tries, reason, now=self._clock.time(), schedule=self._schedule)
+        self.stats[f"hopeless_{reason}"] += 1
+        if isinstance(step, StopSweeping):
+            await self._give_up(member, entry, reason, f"{detail} ({tries} tries)")
+            return
+        self._log.warning(
+            "sweep_hopeless_failure", order=_text(member), reason=reason, tries=tries,
+            retry_at=step.due,
+        )  # fmt: skip
+        await self._io(
+            lambda: self._book.reschedule(
+                member, step.due, queried=queried, failed=True if queried else None, hopeless=True
+            )
+        )
+
+    async def _give_up(
+        self, member: str, entry: OrderEntry | None, reason: str, detail: str
+    ) -> None:
+        """Stop polling an order: dead-letter it, then take it out of the index (marked on its
+        record). Only once the dead letter is on the DLQ: should that fail, it is kept and tried
+        again at the widest gap."""
+        if not await self._dead_letter(member, entry, reason, detail):
+            due = self._clock.time() + self._schedule.max_gap
+            await self._io(lambda: self._book.reschedule(member, due, queried=False, failed=None))
+            return
+        self.stats["stopped"] += 1
+        self._log.error("sweep_stopped", order=_text(member), reason=reason)
+        await self._io(lambda: self._book.stop_sweeping(member, reason))
+
+    async def _internal_error(self, member: str, entry: Claimed, exc: Exception) -> None:
+        """An unexpected error while sweeping one order: dead-lettered as `internal_error`
+        (every time: each one is a bug to see), counted, and the order pushed back like a
+        hopeless failure, so it is not re-picked at full rate and is given up at the bound."""
+        self.stats["internal_error"] += 1
+        self._log.exception("sweep_internal_error", order=_text(member), error=type(exc).__name__)
+        detail = f"{type(exc).__name__}: {clean_msg(str(exc))}".rstrip(": ")
+        try:
+            if not isinstance(entry, OrderEntry):
+                await self._give_up(member, None, "internal_error", detail)
+                return
+            tries = entry.sweep_hopeless + 1
+            step = after_hopeless(
+                tries, "internal_error", now=self._clock.time(), schedule=self._schedule
+            )
+            if isinstance(step, StopSweeping):
+                await self._give_up(member, entry, "internal_error", f"{detail} ({tries} tries)")
+                return
+            await self._dead_letter(member, entry, "internal_error", detail)
+            await self._io(
+                lambda: self._book.reschedule(
+                    member, step.due, queried=False, failed=None, hopeless=True
+                )
+            )
+        except Exception:  # even pushing it back failed: the claim's hold brings it back
+            self.stats["internal_error_unhandled"] += 1
+            self._log.exception("sweep_internal_error_unhandled", order=_text(member))
+
+    async def _dead_letter(
+        self, member: str, entry: OrderEntry | None, reason: str, detail: str
+    ) -> bool:
+        """A dead letter for an order the sweeper gives up on or failed on: True once on the
+        DLQ (a Kafka outage is waited out), False if the DLQ refused it."""
+        value = dead_letter(
+            reason, detail, DLQ_ORIGIN, _describe(member, entry), self._clock.time()
+        )
+        try:
+            await self._io(
+                lambda: self._producer.send_and_wait(self._dlq_topic, value, key=_text(member))
+            )
+        except Exception:  # a DLQ that refuses a small record: said, not fatal
+            self.stats["dead_letter_failed"] += 1
+            self._log.exception("sweep_dead_letter_failed", order=_text(member), reason=reason)
+            return False
+        self.stats["dead_lettered"] += 1
+        return True
+
+
+def _text(member: str) -> str:
+    """A member as printable text (an undecodable one keeps its bytes as surrogate escapes)."""
+    return member.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _describe(member: str, entry: OrderEntry | None) -> bytes:
+    """The dead letter's payload: the order as the book has it (no key or signature in it)."""
+    document: dict[str, Any] = {"order": _text(member)}
+    if entry is not None:
+        record = entry.record
+        document |= {
+            "mch_id": record.mch_id, "mch_order": record.mch_order, "amt": record.amt,
+            "pay_type": record.pay_type, "created_at": record.created_at,
+            "state": str(record.state), "sweep_attempts": entry.sweep_attempts,
+            "sweep_failures": entry.sweep_failures, "sweep_hopeless": entry.sweep_hopeless,
+        }  # fmt: skip
+    return orjson.dumps(document)
 
 
 async def _wait(event: asyncio.Event) -> object:

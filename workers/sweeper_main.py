@@ -7,11 +7,13 @@ lease, the platform client and the producer.
 from __future__ import annotations
 
 import asyncio
+import random
 import sys
 from typing import TYPE_CHECKING
 
 from shared.adapters.kafka import start_producer
 from shared.adapters.order_book import OrderBook
+from shared.adapters.outages import KAFKA_OUTAGES
 from shared.adapters.redis_client import connect_redis
 from shared.adapters.redis_lock import Locks
 from shared.clock import Clock, SystemClock
@@ -19,12 +21,15 @@ from shared.domain.sweep import SweepSchedule
 from shared.logs import get_logger
 from shared.merchants import load_merchants
 from shared.platform.client import PlatformClient
+from shared.platform.retry import wait_out
 from shared.service import serve
 from workers.sweeper import Sweeper, SweeperLimits
 
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Container
 
+    from aiokafka import AIOKafkaProducer
     from redis.asyncio import Redis
 
     from shared.settings import Settings
@@ -56,11 +61,14 @@ def build_sweeper(
     producer: Publisher,
     *,
     clock: Clock,
+    merchants: Container[str] | None = None,
     callbacks_topic: str | None = None,  # default: the deployment's (settings.topics)
     events_topic: str | None = None,
+    dlq_topic: str | None = None,
     name: str = "sweeper",
 ) -> Sweeper:
-    """The sweeper on the given connections, with the settings' schedule and limits."""
+    """The sweeper on the given connections, with the settings' schedule and limits.
+    `merchants`: the ids the platform client has keys for (orders of others are not queried)."""
     schedule = SweepSchedule.scaled(
         time_scale=settings.time_scale, order_expiry=settings.order_expiry
     )
@@ -74,6 +82,8 @@ def build_sweeper(
         limits=sweeper_limits(settings),
         callbacks_topic=callbacks_topic or settings.topics.callbacks,
         events_topic=events_topic or settings.topics.events,
+        dlq_topic=dlq_topic or settings.topics.dlq,
+        merchants=merchants,
         name=name,
     )
 
@@ -82,15 +92,19 @@ async def run_sweeper(settings: Settings, stop: asyncio.Event, clock: Clock | No
     clock = clock or SystemClock()
     log = get_logger("sweeper")
     merchants = load_merchants(settings.require_merchants_file())
+    producer = await _start_producer(settings, stop, clock)
+    if producer is None:  # stopped before Kafka answered
+        return
     redis = connect_redis(
         settings.redis_url, max_connections=settings.sweep_concurrency + REDIS_HEADROOM
     )
-    producer = await start_producer(settings, client_id="paynotify-sweeper")
     # The schedule is the sweeper's retry; the client adds none of its own.
     platform = PlatformClient.without_retries(
         settings, merchants, clock=clock, limit=settings.sweep_concurrency
     )
-    sweeper = build_sweeper(settings, redis, platform, producer, clock=clock)
+    sweeper = build_sweeper(
+        settings, redis, platform, producer, clock=clock, merchants=frozenset(merchants)
+    )
     try:
         log.info(
             "sweeper_started",
@@ -110,6 +124,31 @@ async def run_sweeper(settings: Settings, stop: asyncio.Event, clock: Clock | No
         await producer.stop()
         await redis.aclose()
         log.info("sweeper_stopped", **sweeper.stats)
+
+
+class _Stopped(Exception):  # noqa: N818 - a signal, not an error
+    """Raised out of a wait for a service when the process is asked to stop."""
+
+
+async def _start_producer(
+    settings: Settings, stop: asyncio.Event, clock: Clock
+) -> AIOKafkaProducer | None:
+    """The producer, once the broker answers: a sweeper started while Kafka is away waits for it
+    (saying so) instead of exiting. None when stopped meanwhile."""
+    log = get_logger("sweeper")
+
+    def waiting(exc: BaseException, pause: float) -> None:
+        log.warning("kafka_unavailable", error=type(exc).__name__, pause=round(pause, 3))
+        if stop.is_set():
+            raise _Stopped from exc
+
+    try:
+        return await wait_out(
+            lambda: start_producer(settings, client_id="paynotify-sweeper"),
+            errors=KAFKA_OUTAGES, clock=clock, random=random.random, on_retry=waiting,
+        )  # fmt: skip
+    except _Stopped:
+        return None
 
 
 def main(args: argparse.Namespace | None = None) -> int:  # noqa: ARG001 - no flags yet

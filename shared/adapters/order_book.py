@@ -3,7 +3,8 @@
 Keys (docs/order-book.md; one Redis, not Redis Cluster, since scripts touch several keys):
 - `pn:order:{mch_id}:{mch_order}` HASH mch_id, mch_order, amt (li), pay_type, created_at (Unix
   seconds), state (pending|settled|expired|failed); optional outcome (event type), settled_at,
-  reason, sweep_attempts, sweep_failures, transfer_amt (li a bank transfer was asked to pay).
+  reason, sweep_attempts, sweep_failures, transfer_amt (li a bank transfer was asked to pay),
+  sweep_hopeless, sweep_stopped (why the sweeper stopped polling it), sweep_stopped_at.
 - `pn:orders:pending` ZSET member `mch_id:mch_order`, score = when the sweeper next looks at it.
 - `pn:expired:{mch_id}:{mch_order}` the marker that makes `order.expired` go out once.
 - `pn:sweeper:lease` the lease of the one active sweeper.
@@ -17,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
+from shared.adapters.outages import REDIS_OUTAGES
 from shared.domain.orders import OrderRecord, OrderState
 from shared.protocol.fields import FieldError, check_text, parse_int
 from shared.protocol.payment import MAX_AMOUNT_LI, order_key
@@ -90,6 +92,10 @@ class OrderEntry:
     reason: str | None = None  # why it failed
     sweep_attempts: int = 0  # order queries the sweeper made
     sweep_failures: int = 0  # of those, failed in a row since the last answer
+    # Failures in a row that retrying cannot fix (shared.domain.sweep.hopeless_reason), and why
+    # the sweeper stopped polling the order once they reached their bound.
+    sweep_hopeless: int = 0
+    sweep_stopped: str | None = None
 
 
 def _text(mapping: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
@@ -102,7 +108,10 @@ def _text(mapping: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
 def decode_entry(mapping: Mapping[bytes | str, bytes | str]) -> OrderEntry | None:
     """An entry from an HGETALL result. None when the hash is empty, or holds only what an
     outcome write left (no order fields): the merchant never recorded that order."""
-    raw = _text(mapping)
+    try:
+        raw = _text(mapping)
+    except UnicodeDecodeError:
+        raise CorruptRecordError("order record has a field that is not UTF-8 text") from None
     if not any(name in raw for name in ORDER_FIELDS):
         return None
     try:
@@ -146,6 +155,8 @@ def _entry(raw: Mapping[str, str]) -> OrderEntry:
         reason=raw.get("reason") or None,
         sweep_attempts=parse_int("sweep_attempts", raw.get("sweep_attempts") or "0"),
         sweep_failures=parse_int("sweep_failures", raw.get("sweep_failures") or "0"),
+        sweep_hopeless=parse_int("sweep_hopeless", raw.get("sweep_hopeless") or "0"),
+        sweep_stopped=raw.get("sweep_stopped") or None,
     )
 
 
@@ -194,7 +205,8 @@ return due
 """
 
 # Schedules the next look at a still pending order (XX: an order the workers settled meanwhile
-# has left the index and stays out). ARGV[3]: count a query; ARGV[4]: failures 'inc' or 'reset'.
+# has left the index and stays out). ARGV[3]: count a query; ARGV[4]: failures 'inc' or 'reset'
+# (an answer: both counts of failures in a row start again); ARGV[5]: 'inc' a hopeless failure.
 _RESCHEDULE = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then
   redis.call('ZREM', KEYS[2], ARGV[1])
@@ -203,7 +215,21 @@ end
 redis.call('ZADD', KEYS[2], 'XX', ARGV[2], ARGV[1])
 if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[1], 'sweep_attempts', 1) end
 if ARGV[4] == 'inc' then redis.call('HINCRBY', KEYS[1], 'sweep_failures', 1)
-elseif ARGV[4] == 'reset' then redis.call('HSET', KEYS[1], 'sweep_failures', 0) end
+elseif ARGV[4] == 'reset' then
+  redis.call('HSET', KEYS[1], 'sweep_failures', 0, 'sweep_hopeless', 0)
+end
+if ARGV[5] == 'inc' then redis.call('HINCRBY', KEYS[1], 'sweep_hopeless', 1) end
+return 1
+"""
+
+# The sweeper gives up on an order: out of the index, and a record that is still pending (or is
+# broken) says why. Settled, expired and failed records are left as they are.
+_STOP_SWEEPING = """
+redis.call('ZREM', KEYS[2], ARGV[1])
+if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return 0 end
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'settled' or state == 'expired' or state == 'failed' then return 0 end
+redis.call('HSET', KEYS[1], 'sweep_stopped', ARGV[2], 'sweep_stopped_at', ARGV[3])
 return 1
 """
 
@@ -259,6 +285,7 @@ class OrderBook:
         self._transfer_amt = redis.register_script(_TRANSFER_AMT)
         self._claim = redis.register_script(_CLAIM)
         self._reschedule = redis.register_script(_RESCHEDULE)
+        self._stop_sweeping = redis.register_script(_STOP_SWEEPING)
         self._begin_expire = redis.register_script(_BEGIN_EXPIRE)
         self._finish_expire = redis.register_script(_FINISH_EXPIRE)
 
@@ -338,45 +365,67 @@ class OrderBook:
     # --- the sweeper's side -----------------------------------------------------------------
 
     async def claim_due(self, *, hold: float, limit: int) -> list[str]:
-        """Members of the pending index due now, each hidden from other claims for `hold` s."""
+        """Members of the pending index due now, each hidden from other claims for `hold` s.
+
+        A member that is not UTF-8 (written by something else) keeps its bytes as surrogate
+        escapes, so the book's methods still find it, and `entries` reports it as corrupt."""
         now = self._clock.time()
         members: list[bytes] = await self._claim(
             keys=[PENDING_KEY], args=[repr(now), repr(now + hold), limit]
         )
-        return [member.decode() for member in members]
+        return [member.decode("utf-8", "surrogateescape") for member in members]
 
     async def entries(
         self, members: Sequence[str]
     ) -> list[tuple[str, OrderEntry | CorruptRecordError | None]]:
-        """The entries of claimed members in one round trip; a broken record comes back as
-        its `CorruptRecordError` rather than hiding the others."""
+        """The entries of claimed members in one round trip; a broken record (or a key that
+        is not a hash) comes back as its `CorruptRecordError` rather than hiding the others."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for member in members:
-                pipe.hgetall(record_key_of(member))
-            hashes = await pipe.execute()
+                pipe.hgetall(_record_key_raw(member))
+            hashes = await pipe.execute(raise_on_error=False)
         found: list[tuple[str, OrderEntry | CorruptRecordError | None]] = []
         for member, mapping in zip(members, hashes, strict=True):
             try:
-                found.append((member, decode_entry(mapping)))
+                found.append((member, _decode_claimed(member, mapping)))
             except CorruptRecordError as exc:
                 found.append((member, exc))
         return found
 
     async def reschedule(
-        self, member: str, due: float, *, queried: bool, failed: bool | None
+        self,
+        member: str,
+        due: float,
+        *,
+        queried: bool,
+        failed: bool | None,
+        hopeless: bool = False,
     ) -> bool:
         """Look at a pending order again at `due`; `failed` True counts a failed query, False
-        resets the count, None leaves it. False when the order is no longer pending."""
+        (an answer) resets the counts of failures in a row, None leaves them; `hopeless` counts
+        a failure that retrying cannot fix. False when the order is no longer pending."""
         failures = "keep" if failed is None else ("inc" if failed else "reset")
         done = await self._reschedule(
-            keys=[record_key_of(member), PENDING_KEY],
-            args=[member, repr(due), "1" if queried else "0", failures],
+            keys=[_record_key_raw(member), PENDING_KEY],
+            args=[
+                _raw(member), repr(due), "1" if queried else "0", failures,
+                "inc" if hopeless else "keep",
+            ],
+        )  # fmt: skip
+        return bool(done)
+
+    async def stop_sweeping(self, member: str, reason: str) -> bool:
+        """The sweeper gives up on an order: it leaves the index for good and its record (if
+        still pending) gets `sweep_stopped` = `reason`. True when a record was marked."""
+        done = await self._stop_sweeping(
+            keys=[_record_key_raw(member), PENDING_KEY],
+            args=[_raw(member), reason, repr(self._clock.time())],
         )
         return bool(done)
 
     async def drop(self, member: str) -> None:
         """Take a member out of the pending index (its record is gone or no longer pending)."""
-        await self._redis.zrem(PENDING_KEY, member)
+        await self._redis.zrem(PENDING_KEY, _raw(member))
 
     async def begin_expire(self, record: OrderRecord) -> str:
         """'emit', 'done' or 'gone'; see the script's comment."""
@@ -397,3 +446,26 @@ class OrderBook:
             PENDING_KEY,
             expired_marker_key(record.mch_id, record.mch_order),
         ]
+
+
+def _raw(member: str) -> bytes:
+    """A member as Redis holds it (claim_due keeps undecodable bytes as surrogate escapes)."""
+    return member.encode("utf-8", "surrogateescape")
+
+
+def _record_key_raw(member: str) -> bytes:
+    return ORDER_PREFIX.encode() + _raw(member)
+
+
+def _decode_claimed(
+    member: str, mapping: Mapping[bytes | str, bytes | str] | Exception
+) -> OrderEntry | None:
+    if isinstance(mapping, Exception):
+        if isinstance(mapping, REDIS_OUTAGES):
+            raise mapping
+        raise CorruptRecordError(f"order record cannot be read ({type(mapping).__name__})")
+    try:
+        member.encode()
+    except UnicodeEncodeError:
+        raise CorruptRecordError("pending index member is not UTF-8 text") from None
+    return decode_entry(mapping)

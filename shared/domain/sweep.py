@@ -11,10 +11,11 @@ by `PAYNOTIFY_TIME_SCALE`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from shared.domain.decision import PLATFORM_RETRY_DELAYS, decide_expiry
+from shared.protocol.errors import OrderNotFound, PlatformError, UnknownMerchant
 
 if TYPE_CHECKING:
     from shared.domain.decision import QueryAnswer
@@ -35,6 +36,14 @@ MAX_GAP = 3600.0
 SETTLE_GAP = 300.0
 # After a failed query (timeout, 113, a bad signature...): the first retry, doubling to MAX_GAP.
 RETRY_GAP = 30.0
+# After a failure that retrying cannot fix (a merchant without a key, answer codes such as 101 or
+# 102, an unexpected error): a long first wait, doubling; the HOPELESS_TRIES-th such failure in a
+# row makes the sweeper stop polling the order (dead-lettered, and marked on its record), so a
+# mistake fixed within about 45 minutes costs nothing and one never fixed costs three tries.
+HOPELESS_GAP = 900.0
+HOPELESS_TRIES = 3
+# A merchant whose queries failed this many times in a row is rested (MerchantRest).
+MERCHANT_TRIP = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,14 +56,19 @@ class SweepSchedule:
     max_gap: float = MAX_GAP
     settle_gap: float = SETTLE_GAP
     retry_gap: float = RETRY_GAP
+    hopeless_gap: float = HOPELESS_GAP
+    hopeless_tries: int = HOPELESS_TRIES
 
     def __post_init__(self) -> None:
-        for name in ("expiry", "first_check", "max_gap", "settle_gap", "retry_gap"):
+        names = ("expiry", "first_check", "max_gap", "settle_gap", "retry_gap", "hopeless_gap")
+        for name in names:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive finite number of seconds")
         if not (math.isfinite(self.growth) and self.growth >= 1):
             raise ValueError("growth must be a finite number of at least 1")
+        if self.hopeless_tries < 1:
+            raise ValueError("hopeless_tries must be at least 1")
 
     @classmethod
     def scaled(cls, *, time_scale: float, order_expiry: float) -> SweepSchedule:
@@ -67,6 +81,7 @@ class SweepSchedule:
             max_gap=MAX_GAP * time_scale,
             settle_gap=SETTLE_GAP * time_scale,
             retry_gap=RETRY_GAP * time_scale,
+            hopeless_gap=HOPELESS_GAP * time_scale,
         )
 
     def offsets(self) -> tuple[float, ...]:
@@ -121,6 +136,13 @@ class ExpireOrder:
     event: OrderExpired
 
 
+@dataclass(frozen=True, slots=True)
+class StopSweeping:
+    """Retrying cannot help: stop polling the order, and say why (`reason`, as on the DLQ)."""
+
+    reason: str
+
+
 SweepDecision = CheckAgain | ForwardPaid | ExpireOrder
 
 
@@ -156,6 +178,96 @@ def after_failure(failures: int, *, now: float, schedule: SweepSchedule) -> Chec
     exponent = min(failures - 1, 64)  # 2**64 gaps are past any cap; keeps the float finite
     gap = min(schedule.retry_gap * schedule.growth**exponent, schedule.max_gap)
     return CheckAgain(due=now + gap)
+
+
+def hopeless_reason(error: Exception) -> str | None:
+    """Why a failed query cannot succeed by being asked again, or None when it may (connection
+    errors, timeouts, 113/114, answers that do not verify or do not parse: these get the failure
+    schedule of `after_failure`).
+
+    Hopeless: no key for the merchant (`unknown_merchant`), and answer codes the document gives
+    for a request that is wrong in itself (`platform_<code>`: 100, 101, 102, 110, 111, 112 and
+    undocumented codes). 103 is not a failure: it is the answer "no such order"."""
+    if isinstance(error, UnknownMerchant):
+        return "unknown_merchant"
+    if not isinstance(error, PlatformError) or error.transient:
+        return None
+    if error.code in {0, OrderNotFound.code_value}:  # 0: no answer code (bad signature, ...)
+        return None
+    return f"platform_{error.code}"
+
+
+def after_hopeless(
+    tries: int, reason: str, *, now: float, schedule: SweepSchedule
+) -> CheckAgain | StopSweeping:
+    """The `tries`-th failure in a row (from 1) that retrying cannot fix: look again after a long,
+    doubling gap, and stop at `schedule.hopeless_tries`. Configuration can still be corrected
+    meanwhile (a merchant's key added), so one failure is not the end."""
+    if tries < 1:
+        raise ValueError("tries counts this one, so it is at least 1")
+    if tries >= schedule.hopeless_tries:
+        return StopSweeping(reason)
+    exponent = min(tries - 1, 64)
+    gap = min(
+        schedule.hopeless_gap * schedule.growth**exponent,
+        max(schedule.max_gap, schedule.hopeless_gap),
+    )
+    return CheckAgain(due=now + gap)
+
+
+@dataclass
+class MerchantRest:
+    """Keeps one merchant's failing queries from spending the budget the others need.
+
+    After `trip` failed queries in a row for a merchant (any failure: a wrong key gives 101 for
+    every order, a broken channel times out for every order), its orders are not queried until a
+    rest has passed: the schedule's retry gap, doubling with each further failure up to its widest
+    gap. Then one probe query goes out while the merchant's other orders wait; an answer ends the
+    rest, a failure starts a longer one. Process-local state; time is passed in."""
+
+    schedule: SweepSchedule
+    trip: int = MERCHANT_TRIP
+    _failures: dict[str, int] = field(default_factory=dict, init=False)
+    _until: dict[str, float] = field(default_factory=dict, init=False)
+    _probing: set[str] = field(default_factory=set, init=False)
+
+    def __post_init__(self) -> None:
+        if self.trip < 1:
+            raise ValueError("trip must be at least 1")
+
+    def admit(self, mch_id: str, now: float) -> float | None:
+        """None: query this merchant's order now. Else when to look at the order again."""
+        if self._failures.get(mch_id, 0) < self.trip:
+            return None
+        until = self._until[mch_id]
+        if now < until:
+            return until
+        if mch_id in self._probing:  # one probe at a time; the others wait a short gap
+            return now + self.schedule.retry_gap
+        self._probing.add(mch_id)
+        return None
+
+    def answered(self, mch_id: str) -> None:
+        self._failures.pop(mch_id, None)
+        self._until.pop(mch_id, None)
+        self._probing.discard(mch_id)
+
+    def failed(self, mch_id: str, now: float) -> None:
+        failures = self._failures.get(mch_id, 0) + 1
+        self._failures[mch_id] = failures
+        self._probing.discard(mch_id)
+        if failures >= self.trip:
+            exponent = min(failures - self.trip, 64)
+            gap = self.schedule.retry_gap * self.schedule.growth**exponent
+            self._until[mch_id] = now + min(gap, self.schedule.max_gap)
+
+    def abandoned(self, mch_id: str) -> None:
+        """A query admitted as the probe ended without a verdict (an unexpected error, a stop)."""
+        self._probing.discard(mch_id)
+
+    def resting(self, now: float) -> list[str]:
+        """Merchants whose orders wait now (for logs and stats)."""
+        return sorted(m for m, until in self._until.items() if now < until)
 
 
 def next_slot(previous: float | None, now: float, rate: float) -> float:

@@ -1,5 +1,6 @@
 """The sweeper against real Redis and Kafka, with a scripted platform (the sandbox runs in the
-e2e tier): forwarding paid answers, expiring once, pacing, and the lease."""
+e2e tier): forwarding paid answers, expiring once, pacing, the lease, and orders that must not
+stop or starve the sweep (issue 10, holes 1 and 11)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import itertools
 import time
 import uuid
 from collections import Counter
+from dataclasses import replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -16,12 +18,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from shared.adapters.kafka import CallbackEnvelope, start_producer
-from shared.adapters.order_book import PENDING_KEY, OrderBook
+from shared.adapters.order_book import PENDING_KEY, OrderBook, order_record_key
 from shared.adapters.redis_lock import Locks
 from shared.clock import SystemClock
 from shared.domain.orders import OrderRecord, OrderState
 from shared.domain.sweep import SweepSchedule
-from shared.protocol.errors import OrderNotFound, PlatformUnavailable
+from shared.protocol.errors import OrderNotFound, ParameterCheckFailed, PlatformUnavailable
 from shared.protocol.models import OrderQueryAnswer
 from shared.protocol.payment import PaymentReport, PaymentStatus, report_fields
 from shared.settings import Settings
@@ -37,13 +39,15 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.integration
 
 SWEEP_DB = 13
+Topics = tuple[str, str, str]  # callbacks, events, DLQ
 
 
 SCHEDULE = SweepSchedule(expiry=1.5, first_check=0.2, max_gap=0.4, settle_gap=0.3, retry_gap=0.1)
 
 
 class ScriptedPlatform:
-    """Answers order queries from a table: 'paid', 'unpaid', 'unknown' or 'down'; counts them."""
+    """Answers order queries from a table: 'paid', 'unpaid', 'unknown', 'down', 'refused' (101:
+    nothing but a configuration change can help) or 'boom' (a bug: RuntimeError); counts them."""
 
     def __init__(self, states: dict[str, str], delay: float = 0.0) -> None:
         self.states = states
@@ -66,6 +70,10 @@ class ScriptedPlatform:
                 raise OrderNotFound(103, "order not found")
             if state == "down":
                 raise PlatformUnavailable("no answer from the platform: TimeoutError")
+            if state == "refused":
+                raise ParameterCheckFailed(101, "sign error")
+            if state == "boom":
+                raise RuntimeError("a bug in the client")
             paid = state == "paid"
             report = PaymentReport(
                 mch_id=mch_id, service=10, mch_order=mch_order, amt=10_000, mch_amt=10_000,
@@ -95,21 +103,25 @@ async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
 
 
 @pytest.fixture
-async def topics(fresh_topic: Callable[..., Awaitable[str]]) -> tuple[str, str]:
-    return await fresh_topic("callbacks"), await fresh_topic("events")
+async def topics(fresh_topic: Callable[..., Awaitable[str]]) -> Topics:
+    """callbacks, events and DLQ topics of the test's own."""
+    made = [await fresh_topic(name) for name in ("callbacks", "events", "dlq")]
+    return made[0], made[1], made[2]
 
 
 def _sweeper(
     redis: Redis,
     platform: ScriptedPlatform,
     producer: AIOKafkaProducer,
-    topics: tuple[str, str],
+    topics: Topics,
     *,
     name: str = "a",
     rate: float = 1000.0,
     concurrency: int = 8,
     lease_ttl: float = 1.0,
+    claim_hold: float = 5.0,
     schedule: SweepSchedule = SCHEDULE,
+    merchants: frozenset[str] | None = None,
 ) -> Sweeper:
     clock = SystemClock()
     return Sweeper(
@@ -120,10 +132,16 @@ def _sweeper(
         clock=clock,
         schedule=schedule,
         limits=SweeperLimits(
-            rate=rate, concurrency=concurrency, lease_ttl=lease_ttl, claim_hold=5.0, poll=0.02
+            rate=rate,
+            concurrency=concurrency,
+            lease_ttl=lease_ttl,
+            claim_hold=claim_hold,
+            poll=0.02,
         ),
         callbacks_topic=topics[0],
         events_topic=topics[1],
+        dlq_topic=topics[2],
+        merchants=merchants,
         name=name,
     )
 
@@ -171,7 +189,7 @@ async def _stop(*pairs: tuple[Sweeper, asyncio.Task[None]]) -> None:
 async def test_paid_orders_are_forwarded_as_query_sourced_callbacks(
     redis: Redis,
     producer: AIOKafkaProducer,
-    topics: tuple[str, str],
+    topics: Topics,
     kafka_bootstrap: str,
 ) -> None:
     """Paid orders go to the callbacks topic as envelopes the workers decode (source "query",
@@ -203,7 +221,7 @@ async def test_paid_orders_are_forwarded_as_query_sourced_callbacks(
 async def test_an_unpaid_order_expires_once_with_two_sweepers_running(
     redis: Redis,
     producer: AIOKafkaProducer,
-    topics: tuple[str, str],
+    topics: Topics,
     kafka_bootstrap: str,
 ) -> None:
     """Two sweepers at once: each unpaid order gets one order.expired event, no order is
@@ -234,7 +252,7 @@ async def test_an_unpaid_order_expires_once_with_two_sweepers_running(
 
 
 async def test_an_order_is_queried_on_schedule_until_it_expires(
-    redis: Redis, producer: AIOKafkaProducer, topics: tuple[str, str]
+    redis: Redis, producer: AIOKafkaProducer, topics: Topics
 ) -> None:
     """An unpaid order is queried at most once per schedule point, then expired once."""
     platform = ScriptedPlatform({"slow-payer": "unpaid"})
@@ -252,7 +270,7 @@ async def test_an_order_is_queried_on_schedule_until_it_expires(
 
 
 async def test_failed_queries_are_retried_and_never_expire_an_order(
-    redis: Redis, producer: AIOKafkaProducer, topics: tuple[str, str]
+    redis: Redis, producer: AIOKafkaProducer, topics: Topics
 ) -> None:
     """A platform that never answers: the order is retried (counted as failures) and stays
     pending past its expiry; no order.expired without an answer that says unpaid."""
@@ -273,7 +291,7 @@ async def test_failed_queries_are_retried_and_never_expire_an_order(
 
 
 async def test_queries_respect_the_rate_and_the_concurrency(
-    redis: Redis, producer: AIOKafkaProducer, topics: tuple[str, str]
+    redis: Redis, producer: AIOKafkaProducer, topics: Topics
 ) -> None:
     """A backlog of 30 due orders at 20 queries/s and 3 in flight: starts are spread at least
     1/20 s apart and never more than 3 run at once."""
@@ -294,7 +312,7 @@ async def test_queries_respect_the_rate_and_the_concurrency(
 
 
 async def test_a_waiting_sweeper_takes_over_when_the_leader_dies(
-    redis: Redis, producer: AIOKafkaProducer, topics: tuple[str, str]
+    redis: Redis, producer: AIOKafkaProducer, topics: Topics
 ) -> None:
     """The second instance waits while the first leads; when the first dies without releasing
     its lease, the second takes over after the lease's TTL and sweeps."""
@@ -331,3 +349,143 @@ async def _true(value: bool) -> bool:
 
 async def _no_pending(redis: Redis) -> bool:
     return await redis.zcard(PENDING_KEY) == 0
+
+
+# --- one order must not stop the sweep (hole 1), nor spend its budget for ever (hole 11) -------
+
+
+async def test_an_unexpected_error_for_one_order_is_dead_lettered_and_the_sweep_goes_on(
+    redis: Redis, producer: AIOKafkaProducer, topics: Topics, kafka_bootstrap: str
+) -> None:
+    """Hole 1: a query that raised something unexpected (here a RuntimeError) ended the sweeper,
+    and again after every restart. Now that order goes to the DLQ as `internal_error` (type and
+    message), is pushed back by the hopeless gap instead of being picked again at once, and the
+    orders after it are forwarded by the same, still running, sweeper."""
+    now = int(time.time())
+    fine = [f"fine-{i}" for i in range(5)]
+    platform = ScriptedPlatform({"boom": "boom"} | dict.fromkeys(fine, "paid"))
+    await _record(redis, ["boom"], created_at=now - 2)  # due first
+    await _record(redis, fine, created_at=now - 1)
+    schedule = replace(SCHEDULE, hopeless_gap=60.0)
+    sweeper = _sweeper(redis, platform, producer, topics, concurrency=1, schedule=schedule)
+    task = asyncio.create_task(sweeper.run())
+    try:
+        await _until(lambda: _true(sweeper.stats["forwarded"] >= len(fine) or task.done()))
+        assert not task.done()
+    finally:
+        await _stop((sweeper, task))
+    assert sweeper.stats["internal_error"] == 1
+    assert platform.queries["boom"] == 1
+    [letter] = await _read(kafka_bootstrap, topics[2], 1)
+    assert letter.key == b"m1:boom"
+    document = orjson.loads(letter.value)
+    assert document["reason"] == "internal_error"
+    assert document["detail"] == "RuntimeError: a bug in the client"
+    assert document["origin"] == "sweeper"
+    assert document["payload"]["order"] == "m1:boom"
+    assert document["payload"]["amt"] == 10_000
+    # Pushed back by the hopeless gap, counted, still pending.
+    assert await redis.zscore(PENDING_KEY, "m1:boom") >= now + 50  # type: ignore[operator]
+    entry = await OrderBook(redis, SystemClock()).entry("m1", "boom")
+    assert entry is not None
+    assert entry.sweep_hopeless == 1
+    assert entry.record.state is OrderState.PENDING
+
+
+async def test_corrupt_records_are_dead_lettered_and_do_not_stop_the_sweep(
+    redis: Redis, producer: AIOKafkaProducer, topics: Topics, kafka_bootstrap: str
+) -> None:
+    """Redis values are not trusted. A record with a field that is not UTF-8 and an index member
+    that is not UTF-8 made the sweeper die (UnicodeDecodeError) at every start; a record key of
+    the wrong type failed the whole claim, holding up every order claimed with it. Each now goes
+    to the DLQ as `corrupt_order_record` and leaves the index, and the good orders are
+    forwarded."""
+    now = int(time.time())
+    good = [f"good-{i}" for i in range(4)]
+    await _record(redis, good, created_at=now - 1)
+    fields = {"mch_id": "m1", "mch_order": "bad-utf8", "pay_type": "10",
+              "created_at": str(now), "state": "pending", "amt": b"\xff"}  # fmt: skip
+    await redis.hset(order_record_key("m1", "bad-utf8"), mapping=fields)  # type: ignore[arg-type]
+    await redis.set(order_record_key("m1", "not-a-hash"), "x")
+    # Due before the good orders, so they are claimed first.
+    await redis.zadd(PENDING_KEY, {"m1:bad-utf8": 1, "m1:not-a-hash": 2, b"m1:\xff\xfe": 3})
+    platform = ScriptedPlatform(dict.fromkeys(good, "paid"))
+    sweeper = _sweeper(redis, platform, producer, topics, concurrency=2)
+    task = asyncio.create_task(sweeper.run())
+    try:
+        await _until(lambda: _true(sweeper.stats["forwarded"] >= len(good) or task.done()))
+        await _until(lambda: _true(sweeper.stats["stopped"] >= 3 or task.done()))
+        assert not task.done()
+    finally:
+        await _stop((sweeper, task))
+    letters = await _read(kafka_bootstrap, topics[2], 3)
+    reasons = {r.key: orjson.loads(r.value)["reason"] for r in letters}
+    assert reasons == {
+        b"m1:bad-utf8": "corrupt_order_record",
+        b"m1:not-a-hash": "corrupt_order_record",
+        "m1:\ufffd\ufffd".encode(): "corrupt_order_record",
+    }
+    members = {m.decode("utf-8", "replace") for m in await redis.zrange(PENDING_KEY, 0, -1)}
+    assert members == {f"m1:{n}" for n in good}
+    stopped = await redis.hget(order_record_key("m1", "bad-utf8"), "sweep_stopped")
+    assert stopped == b"corrupt_order_record"
+    assert platform.queries == Counter(dict.fromkeys(good, 1))
+
+
+async def test_a_refused_query_is_retried_rarely_then_given_up_and_dead_lettered(
+    redis: Redis, producer: AIOKafkaProducer, topics: Topics, kafka_bootstrap: str
+) -> None:
+    """Hole 11: answer code 101 (a key the platform does not accept) cannot succeed by asking
+    again, yet the order was queried at the failure schedule for ever. Now it is asked again
+    only after the long hopeless gap, and after `hopeless_tries` such failures the sweeper stops
+    polling it: one dead letter `platform_101`, the record marked, the index left."""
+    schedule = replace(SCHEDULE, hopeless_gap=0.2, hopeless_tries=3)
+    platform = ScriptedPlatform({"refused": "refused"})
+    await _record(redis, ["refused"], created_at=int(time.time()) - 1)
+    sweeper = _sweeper(redis, platform, producer, topics, schedule=schedule)
+    task = asyncio.create_task(sweeper.run())
+    try:
+        await _until(lambda: _true(sweeper.stats["stopped"] >= 1 or task.done()))
+        await asyncio.sleep(0.5)  # more than the gaps: nothing is asked any more
+    finally:
+        await _stop((sweeper, task))
+    assert platform.queries["refused"] == 3
+    starts = sorted(platform.starts)
+    assert min(b - a for a, b in itertools.pairwise(starts)) >= 0.2 - 0.02
+    [letter] = await _read(kafka_bootstrap, topics[2], 1)
+    document = orjson.loads(letter.value)
+    assert (letter.key, document["reason"]) == (b"m1:refused", "platform_101")
+    assert "3 tries" in document["detail"]
+    entry = await OrderBook(redis, SystemClock()).entry("m1", "refused")
+    assert entry is not None
+    assert entry.sweep_stopped == "platform_101"
+    assert entry.record.state is OrderState.PENDING  # a late notification still settles it
+    assert await redis.zscore(PENDING_KEY, "m1:refused") is None
+
+
+async def test_orders_of_a_merchant_without_a_key_are_never_queried(
+    redis: Redis, producer: AIOKafkaProducer, topics: Topics, kafka_bootstrap: str
+) -> None:
+    """Hole 11: an order of a merchant the sweeper has no key for used a query slot on every
+    look, for ever. Now it is not queried at all (no budget spent), pushed back by the hopeless
+    gap, and given up as `unknown_merchant` after the bound."""
+    schedule = replace(SCHEDULE, hopeless_gap=0.1, hopeless_tries=2)
+    platform = ScriptedPlatform({})
+    book = OrderBook(redis, SystemClock(), schedule=schedule)
+    now = int(time.time()) - 1
+    await book.record_pending(OrderRecord("ghost", "g-1", 10_000, 10, now))
+    sweeper = _sweeper(
+        redis, platform, producer, topics, schedule=schedule, merchants=frozenset({"m1"})
+    )
+    task = asyncio.create_task(sweeper.run())
+    try:
+        await _until(lambda: _true(sweeper.stats["stopped"] >= 1 or task.done()))
+    finally:
+        await _stop((sweeper, task))
+    assert platform.queries == Counter()
+    assert sweeper.stats["queries"] == 0
+    [letter] = await _read(kafka_bootstrap, topics[2], 1)
+    assert (letter.key, orjson.loads(letter.value)["reason"]) == (b"ghost:g-1", "unknown_merchant")
+    entry = await book.entry("ghost", "g-1")
+    assert entry is not None
+    assert entry.sweep_stopped == "unknown_merchant"

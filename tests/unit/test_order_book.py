@@ -85,3 +85,21 @@ def test_a_record_missing_a_field_is_corrupt() -> None:
     partial = {k: v for k, v in FULL.items() if k != b"amt"}
     with pytest.raises(CorruptRecordError, match="amt"):
         decode_record(partial)
+
+
+@pytest.mark.parametrize("change", [{b"amt": b"\xff"}, {b"sweep_stopped": b"\xfe"}])
+def test_a_field_that_is_not_utf8_is_corrupt_not_a_crash(change: dict[bytes, bytes]) -> None:
+    """Bytes that are not UTF-8 raised UnicodeDecodeError, which no caller expected (it ended
+    the sweeper at every start); they are a CorruptRecordError like any other broken field."""
+    with pytest.raises(CorruptRecordError, match="UTF-8"):
+        decode_entry(FULL | change)
+
+
+def test_the_sweepers_give_up_fields_decode() -> None:
+    """Hopeless failures in a row and the reason the sweeper stopped polling land in the entry."""
+    entry = decode_entry(FULL | {b"sweep_hopeless": b"2", b"sweep_stopped": b"platform_101"})
+    assert entry is not None
+    assert (entry.sweep_hopeless, entry.sweep_stopped) == (2, "platform_101")
+    plain = decode_entry(FULL)
+    assert plain is not None
+    assert (plain.sweep_hopeless, plain.sweep_stopped) == (0, None)

@@ -13,14 +13,27 @@ from shared.domain.events import AnswerStatus, EventType
 from shared.domain.orders import OrderRecord
 from shared.domain.sweep import (
     FIRST_CHECK,
+    HOPELESS_GAP,
     MAX_GAP,
+    RETRY_GAP,
     CheckAgain,
     ExpireOrder,
     ForwardPaid,
+    MerchantRest,
+    StopSweeping,
     SweepSchedule,
     after_answer,
     after_failure,
+    after_hopeless,
+    hopeless_reason,
     next_slot,
+)
+from shared.protocol.errors import (
+    AnswerSignatureError,
+    MalformedAnswer,
+    PlatformUnavailable,
+    UnknownMerchant,
+    error_for,
 )
 from shared.protocol.payment import PaymentReport, PaymentStatus
 
@@ -204,3 +217,90 @@ def test_next_slot_spaces_queries_by_the_rate() -> None:
     assert next_slot(10.25, 20.0, 4.0) == 20.0
     with pytest.raises(ValueError):
         next_slot(None, 0.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (UnknownMerchant("m9"), "unknown_merchant"),
+        (error_for(100, "missing"), "platform_100"),
+        (error_for(101, "sign"), "platform_101"),
+        (error_for(102, "merchant"), "platform_102"),
+        (error_for(110, "query"), "platform_110"),
+        (error_for(111, "method"), "platform_111"),
+        (error_for(112, "channel"), "platform_112"),
+        (error_for(150, "undocumented"), "platform_150"),
+        (error_for(103, "not found"), None),
+        (error_for(113, "system"), None),
+        (error_for(114, "placement"), None),
+        (PlatformUnavailable("timeout"), None),
+        (AnswerSignatureError("mismatch"), None),
+        (MalformedAnswer("not JSON"), None),
+    ],
+)
+def test_hopeless_failures_are_those_retrying_cannot_fix(
+    error: Exception, reason: str | None
+) -> None:
+    """A missing key and the answer codes for a wrong request are hopeless; the transient codes,
+    no answer, and answers that do not verify or parse get the ordinary failure schedule; 103 is
+    an answer, not a failure."""
+    assert hopeless_reason(error) == reason
+
+
+def test_hopeless_failures_wait_long_then_stop() -> None:
+    """15 minutes, then 30, and the third hopeless failure in a row stops the polling."""
+    schedule = SweepSchedule(expiry=DAY)
+    assert after_hopeless(1, "platform_101", now=0.0, schedule=schedule) == CheckAgain(HOPELESS_GAP)
+    assert after_hopeless(2, "platform_101", now=0.0, schedule=schedule) == CheckAgain(
+        2 * HOPELESS_GAP
+    )
+    assert after_hopeless(3, "platform_101", now=0.0, schedule=schedule) == StopSweeping(
+        "platform_101"
+    )
+    assert after_hopeless(99, "x", now=0.0, schedule=schedule) == StopSweeping("x")
+    with pytest.raises(ValueError):
+        after_hopeless(0, "x", now=0.0, schedule=schedule)
+
+
+def test_hopeless_gaps_scale_with_time_and_stay_capped() -> None:
+    """The hopeless gap follows PAYNOTIFY_TIME_SCALE, and many tries never overflow the gap."""
+    fast = SweepSchedule.scaled(time_scale=0.01, order_expiry=DAY)
+    assert fast.hopeless_gap == pytest.approx(HOPELESS_GAP * 0.01)
+    many = SweepSchedule(expiry=DAY, hopeless_tries=10_000)
+    assert after_hopeless(5_000, "x", now=0.0, schedule=many) == CheckAgain(MAX_GAP)
+
+
+def test_a_merchant_is_rested_after_failures_in_a_row_and_probed_once() -> None:
+    """Three failed queries in a row rest the merchant for the retry gap: its orders wait
+    without a query; then one probe goes out while the others keep waiting; a failed probe
+    doubles the rest, an answer ends it. Other merchants are never affected."""
+    rest = MerchantRest(SweepSchedule(expiry=DAY))
+    for _ in range(3):
+        assert rest.admit("bad", 0.0) is None
+        rest.failed("bad", 0.0)
+    assert rest.admit("bad", 1.0) == RETRY_GAP
+    assert rest.admit("good", 1.0) is None
+    assert rest.resting(1.0) == ["bad"]
+    assert rest.admit("bad", RETRY_GAP) is None  # the probe
+    assert rest.admit("bad", RETRY_GAP) == 2 * RETRY_GAP  # one probe at a time
+    rest.failed("bad", RETRY_GAP)
+    assert rest.admit("bad", RETRY_GAP + 1) == 3 * RETRY_GAP  # rested twice as long
+    assert rest.admit("bad", 3 * RETRY_GAP) is None
+    rest.answered("bad")
+    assert rest.admit("bad", 3 * RETRY_GAP) is None
+    assert rest.resting(3 * RETRY_GAP) == []
+
+
+def test_a_rest_is_capped_and_an_abandoned_probe_frees_the_slot() -> None:
+    """However long a merchant keeps failing, its rest never exceeds the widest gap; a probe
+    that ended without a verdict lets the next order probe."""
+    schedule = SweepSchedule(expiry=DAY)
+    rest = MerchantRest(schedule)
+    for _ in range(200):
+        rest.failed("bad", 0.0)
+    assert rest.admit("bad", 1.0) == MAX_GAP
+    assert rest.admit("bad", MAX_GAP) is None
+    rest.abandoned("bad")
+    assert rest.admit("bad", MAX_GAP) is None
+    with pytest.raises(ValueError):
+        MerchantRest(schedule, trip=0)
