@@ -7,32 +7,41 @@ Any system, in any language, tells paynotify about an order it created by publis
      "pay_type": 10, "created_at": 1700000000}
 
 `amt` in li, `created_at` in Unix seconds; integers as JSON numbers or plain decimal strings;
-other members are ignored. A message that breaks a rule, or names an order already recorded with
-other values, goes to `paynotify.dlq` with its reason. An offset is committed only after every
+other members are ignored. A message that breaks a rule, names an order already recorded with
+other values, or names a merchant without a key in the merchants file (the sweeper could never
+query it), goes to `paynotify.dlq` with its reason. An offset is committed only after every
 message before it was recorded or dead-lettered.
+
+No single message stops the consumer: an unexpected error while handling one is dead-lettered as
+`internal_error`. Redis and Kafka being away is waited out (capped, jittered backoff), never a
+reason to exit.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Final
+import random
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
-from redis.exceptions import RedisError
 
 from shared.adapters.order_book import OrderConflictError
+from shared.adapters.outages import KAFKA_OUTAGES, OUTAGES
 from shared.domain.orders import OrderRecord
 from shared.logs import get_logger
+from shared.merchants import load_merchants
+from shared.platform.retry import OUTAGE_BACKOFF, wait_out
 from shared.protocol.catalog import DOCUMENTED_PAY_TYPES
+from shared.protocol.errors import clean_msg
 from shared.protocol.fields import FieldError, check_text, parse_int
 from shared.protocol.payment import MAX_AMOUNT_LI, order_key
 from workers.reconcile import dead_letter
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Container
+    from collections.abc import Awaitable, Callable, Container
 
     from aiokafka import AIOKafkaProducer, TopicPartition
     from aiokafka.structs import ConsumerRecord
@@ -44,7 +53,11 @@ if TYPE_CHECKING:
 MESSAGE_TYPE: Final = "order.created"
 MAX_TIMESTAMP: Final = 10**11  # Unix seconds far beyond any real order; keeps garbage out
 PAY_TYPES: Final = frozenset(p.code for p in DOCUMENTED_PAY_TYPES)
-_MAX_PAUSE = 5.0  # cap on the wait between attempts while Redis or Kafka is away
+_T = TypeVar("_T")
+
+
+class _Stopped(Exception):  # noqa: N818 - a signal, not an error
+    """Raised out of a wait for Redis or Kafka once the consumer is asked to stop."""
 
 
 class OrderMessageError(ValueError):
@@ -72,9 +85,14 @@ def _text(document: dict[str, Any], name: str, max_length: int) -> str:
 
 
 def parse_order_created(
-    value: bytes | None, key: bytes | None, pay_types: Container[int] = PAY_TYPES
+    value: bytes | None,
+    key: bytes | None,
+    pay_types: Container[int] = PAY_TYPES,
+    merchants: Container[str] | None = None,
 ) -> OrderRecord:
-    """The pending record an `order.created` message describes, or `OrderMessageError`."""
+    """The pending record an `order.created` message describes, or `OrderMessageError`.
+    `merchants`: the merchant ids with keys; an order of any other is `unknown_merchant` (None:
+    not checked)."""
     try:
         document = orjson.loads(value or b"")
     except orjson.JSONDecodeError:
@@ -103,6 +121,11 @@ def parse_order_created(
         raise OrderMessageError("invalid_fields", "field 'pay_type': is not a known pay type")
     if key is None or key != order_key(record.mch_id, record.mch_order).encode():
         raise OrderMessageError("key_mismatch", "the message key is not mch_id:mch_order")
+    if merchants is not None and record.mch_id not in merchants:
+        raise OrderMessageError(
+            "unknown_merchant",
+            "the merchant has no key in the merchants file: it cannot be queried",
+        )
     return record
 
 
@@ -143,7 +166,17 @@ class OrdersConsumer:
         consumer_factory: Callable[[], AIOKafkaConsumer] | None = None,
         dlq_topic: str | None = None,  # default: the deployment's DLQ
         max_records: int = 200,
+        merchants: Container[str] | None = None,
+        random: Callable[[], float] = random.random,
     ) -> None:
+        """`merchants`: the merchant ids with keys (the worker has them loaded already); None
+        reads them from `settings`' merchants file."""
+        self._merchants = (
+            frozenset(load_merchants(settings.require_merchants_file()))
+            if merchants is None
+            else merchants
+        )
+        self._random = random
         self._book = book
         self._producer = producer
         self._clock = clock
@@ -154,6 +187,7 @@ class OrdersConsumer:
         self._log = get_logger("orders")
         self.recorded = 0  # new records made
         self.dead_lettered = 0
+        self.internal_errors = 0  # of those, messages whose handling failed unexpectedly
         self.retries = 0  # attempts repeated because Redis or Kafka was away
 
     async def stop(self) -> None:
@@ -161,12 +195,24 @@ class OrdersConsumer:
         self._stopping.set()
 
     async def run(self) -> None:
-        consumer = self._make_consumer()
-        await consumer.start()
+        try:
+            consumer = await self._wait(self._started, errors=KAFKA_OUTAGES)
+        except _Stopped:
+            return
         self._log.info("orders_consumer_started")
+        failures = 0
         try:
             while not self._stopping.is_set():
-                batch = await consumer.getmany(timeout_ms=200, max_records=self._max_records)
+                try:
+                    batch = await consumer.getmany(timeout_ms=200, max_records=self._max_records)
+                except KafkaError as exc:  # a fetch fails for the broker, never for a message
+                    pause = OUTAGE_BACKOFF.backoff(failures, self._random)
+                    failures += 1
+                    self.retries += 1
+                    self._log.warning("orders_fetch_failed", error=type(exc).__name__, pause=pause)
+                    await self._clock.sleep(pause)
+                    continue
+                failures = 0
                 if not batch:
                     continue
                 handled = await asyncio.gather(*(self._partition(rs) for rs in batch.values()))
@@ -179,18 +225,47 @@ class OrdersConsumer:
                 "orders_consumer_stopped", recorded=self.recorded, dead_lettered=self.dead_lettered
             )
 
+    async def _started(self) -> AIOKafkaConsumer:
+        consumer = self._make_consumer()
+        try:
+            await consumer.start()
+        except BaseException:
+            await consumer.stop()  # releases what `start` opened before it failed
+            raise
+        return consumer
+
+    async def _wait(
+        self, call: Callable[[], Awaitable[_T]], *, errors: tuple[type[Exception], ...] = OUTAGES
+    ) -> _T:
+        """`call` until it returns, waiting out `errors` (Redis or Kafka away) with capped,
+        jittered backoff; `_Stopped` once a stop was asked for meanwhile."""
+
+        def retrying(exc: BaseException, pause: float) -> None:
+            self.retries += 1
+            self._log.warning("orders_retry", error=type(exc).__name__, pause=round(pause, 3))
+            if self._stopping.is_set():
+                raise _Stopped from exc
+
+        return await wait_out(
+            call, errors=errors, clock=self._clock, random=self._random, on_retry=retrying
+        )
+
     async def _commit(
         self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[ConsumerRecord]]
     ) -> None:
         offsets = {
             tp: OffsetAndMetadata(records[-1].offset + 1, "") for tp, records in batch.items()
         }
+        # Losing a commit loses nothing: recording is idempotent, so a redelivery (after a
+        # rebalance, a stop, or with the next commit not covering a partition) changes nothing.
         try:
-            await consumer.commit(offsets)
-        except CommitFailedError as exc:
-            # The group rebalanced meanwhile: the partitions' new owner records these messages
-            # again, which changes nothing, so losing this commit loses nothing.
+            await self._wait(lambda: consumer.commit(offsets))
+        except CommitFailedError as exc:  # the group rebalanced meanwhile
             self._log.warning("orders_commit_lost_to_rebalance", error=str(exc))
+        except _Stopped:
+            self._log.warning("orders_commit_skipped_at_stop")
+        except KafkaError as exc:
+            self._log.warning("orders_commit_failed", error=type(exc).__name__)
 
     async def _partition(self, records: list[ConsumerRecord]) -> bool:
         """One partition's records in order (one order's messages share a partition, so a
@@ -201,29 +276,28 @@ class OrdersConsumer:
         return True
 
     async def _handle(self, record: ConsumerRecord) -> bool:
-        """Record or dead-letter one message; True once done, False if stopped before."""
+        """Record or dead-letter one message; True once done, False if stopped before (while
+        Redis or Kafka was away)."""
         origin = f"{record.topic}/{record.partition}@{record.offset}"
-        pause = 0.1
-        while True:
+        try:
             try:
-                await self._handle_once(record, origin)
-            except (RedisError, KafkaError, OSError) as exc:
-                self.retries += 1
-                self._log.warning(
-                    "order_record_retry", origin=origin, error=type(exc).__name__, pause=pause
-                )
-                if self._stopping.is_set():
-                    return False
-                await self._clock.sleep(pause)
-                pause = min(pause * 2, _MAX_PAUSE)
-            else:
-                return True
+                await self._wait(lambda: self._handle_once(record, origin))
+            except _Stopped:
+                raise
+            except Exception as exc:  # one message's surprise ends here, never the consumer
+                self.internal_errors += 1
+                self._log.exception("order_message_failed", origin=origin, error=type(exc).__name__)
+                detail = f"{type(exc).__name__}: {clean_msg(str(exc))}".rstrip(": ")
+                await self._dead_letter("internal_error", detail, origin, record.key, record.value)
+        except _Stopped:
+            return False
+        return True
 
     async def _handle_once(self, record: ConsumerRecord, origin: str) -> None:
         value: bytes | None = record.value
         key: bytes | None = record.key
         try:
-            order = parse_order_created(value, key)
+            order = parse_order_created(value, key, merchants=self._merchants)
             created = await self._book.record(order)
         except OrderMessageError as exc:
             await self._dead_letter(exc.reason, exc.detail, origin, key, value)
@@ -244,8 +318,29 @@ class OrdersConsumer:
     async def _dead_letter(
         self, reason: str, detail: str, origin: str, key: bytes | None, value: bytes | None
     ) -> None:
-        payload = dead_letter(reason, detail, origin, value or b"", at=self._clock.time())
+        """Put the message on the DLQ with its reason, waiting out Kafka being away. Should the
+        DLQ refuse the record (a message near the size limit grows as a dead letter), the
+        reason goes without the payload, and that is waited for until the DLQ takes it: a
+        message is never committed without its dead letter."""
+        now = self._clock.time()
+        letter = dead_letter(reason, detail, origin, value or b"", at=now)
         dlq_key = key.decode("utf-8", "replace") if key else origin
-        await self._producer.send_and_wait(self._dlq_topic, payload, key=dlq_key)
+        try:
+            await self._wait(
+                lambda: self._producer.send_and_wait(self._dlq_topic, letter, key=dlq_key)
+            )
+        except _Stopped:
+            raise
+        except Exception as exc:  # refused, not away
+            self._log.warning("order_dead_letter_refused", origin=origin, error=type(exc).__name__)
+            omitted = f"{len(value or b'')} bytes, refused by the DLQ ({type(exc).__name__})"
+            short = orjson.dumps(
+                {"reason": reason, "detail": detail, "origin": origin, "failed_at": now,
+                 "payload_omitted": omitted}
+            )  # fmt: skip
+            await self._wait(
+                lambda: self._producer.send_and_wait(self._dlq_topic, short, key=dlq_key),
+                errors=(Exception,),
+            )
         self.dead_lettered += 1
         self._log.warning("order_dead_lettered", reason=reason, origin=origin)

@@ -106,3 +106,15 @@ def test_a_transfer_may_carry_the_sum_it_asked_the_payer_for() -> None:
         assert caught.value.reason == "invalid_fields"
         assert "transfer_amt" in caught.value.detail
 
+
+def test_an_order_of_a_merchant_without_a_key_is_refused() -> None:
+    """Hole 11: an order of a merchant missing from the merchants file was recorded, and the
+    sweeper then spent its budget failing to query it for ever. It is `unknown_merchant` now;
+    a merchant with a key passes, and without a list of merchants nothing is checked."""
+    value = orjson.dumps(GOOD | {"mch_id": "ghost"})
+    with pytest.raises(OrderMessageError) as caught:
+        parse_order_created(value, b"ghost:o-1", merchants=frozenset({"m1"}))
+    assert caught.value.reason == "unknown_merchant"
+    assert "ghost" not in caught.value.detail
+    assert parse_order_created(orjson.dumps(GOOD), KEY, merchants=frozenset({"m1"})).mch_id == "m1"
+    assert parse_order_created(value, b"ghost:o-1").mch_id == "ghost"
