@@ -413,3 +413,87 @@ async def test_orders_published_from_outside_are_used_for_the_amount_check(  # n
     assert refused["type"] == "paynotify.payment.amount_mismatch"
     assert refused["data"]["reason"] == "record_amount_differs"
     assert refused["data"]["expected"] == {"mch_amt": 9_000}
+
+
+async def test_paid_orders_settle_beside_a_flood_of_orders_that_cannot_be(  # noqa: PLR0917 - fixtures
+    settings: Settings,
+    sandbox: Sandbox,
+    redis: Redis,
+    merchants: Mapping[str, Merchant],
+    mch_id: str,
+    fresh_topic: Callable[..., Awaitable[str]],
+) -> None:
+    """Hole 11 through the whole pipeline: 2000 pending orders of a merchant without a key (in
+    Redis, due first) and 300 `order.created` messages of another one sit beside ten paid orders
+    whose every notification the sandbox drops. The orders consumer dead-letters the 300, the
+    sweeper spends no query on the 2000, and the ten reach payment.succeeded through the real
+    workers within a bound. Before, at 50 queries a second, the flood came first: 46 s."""
+    settings = replace(settings, sweep_rate=50.0)
+    await ensure_topics(settings)
+    orders_topic = await fresh_topic("orders", partitions=1)
+    names = _names("buried", 10)
+    await sandbox.create(mch_id, names, {"pay_after": 0, "drop_attempts": 9})
+    now = time.time()
+    async with redis.pipeline(transaction=False) as pipe:
+        for i in range(2000):
+            pipe.hset(
+                f"pn:order:nokey:n-{i}",
+                mapping={"mch_id": "nokey", "mch_order": f"n-{i}", "amt": "10000",
+                         "pay_type": "10", "created_at": str(int(now) - 600), "state": "pending"},
+            )  # fmt: skip
+            pipe.zadd(PENDING_KEY, {f"nokey:n-{i}": now - 60})
+        await pipe.execute()
+    producer = await start_producer(settings)
+    for i in range(300):
+        message = {"type": "order.created", "mch_id": "stranger", "mch_order": f"s-{i}",
+                   "amt": 10_000, "pay_type": 10, "created_at": int(now)}  # fmt: skip
+        await producer.send(orders_topic, orjson.dumps(message), key=f"stranger:s-{i}")
+    await producer.flush()
+    await _record(settings, redis, mch_id, names)
+
+    def orders_consumer() -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            orders_topic, bootstrap_servers=settings.kafka_bootstrap_servers,
+            group_id=f"{settings.consumer_group}.orders", enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )  # fmt: skip
+
+    recorder = OrdersConsumer(
+        settings, OrderBook.from_settings(redis, SystemClock(), settings), producer=producer,
+        clock=SystemClock(), consumer_factory=orders_consumer,
+    )  # fmt: skip
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(recorder.run()), asyncio.create_task(run_worker(settings, stop))]
+    platform = _client(settings, merchants)
+    sweeper = build_sweeper(
+        settings, redis, platform, producer, clock=SystemClock(), merchants=frozenset(merchants)
+    )
+    tasks.append(asyncio.create_task(sweeper.run()))
+    subjects = {f"{mch_id}:{n}" for n in names}
+    started = time.monotonic()
+    try:
+        events = await _events(
+            settings.kafka_bootstrap_servers,
+            topics.EVENTS,
+            subjects,
+            lambda found: {e["subject"] for e in found} >= subjects,
+        )
+        elapsed = time.monotonic() - started
+        async with asyncio.timeout(30):
+            while recorder.dead_lettered < 300:
+                await asyncio.sleep(0.05)
+    finally:
+        await sweeper.stop()
+        await recorder.stop()
+        stop.set()
+        async with asyncio.timeout(60):
+            await asyncio.gather(*tasks)
+        await platform.close()
+        await producer.stop()
+    assert elapsed < 20.0
+    assert {e["type"] for e in events} == {"paynotify.payment.succeeded"}
+    assert recorder.recorded == 0
+    assert sweeper.stats["queries"] == len(names)
+    assert sweeper.stats["hopeless_unknown_merchant"] >= 2000
+    queries = await sandbox.queries()
+    assert set(queries) == set(names)
