@@ -48,6 +48,7 @@ async def dead_letters(bootstrap: str, wanted: set[str], deadline: float) -> dic
 
 
 SUCCEEDED = "paynotify.payment.succeeded"
+MISMATCH = "paynotify.payment.amount_mismatch"
 
 
 @dataclass
@@ -57,15 +58,19 @@ class Day:
     notify_url: str
     orders: list[dict] = field(default_factory=list)
     records: dict[str, int] = field(default_factory=dict)  # mch_order -> amount in our book
+    # mch_order -> the sum a transfer was asked to pay, as create_order records it in the book
+    transfer_sums: dict[str, int] = field(default_factory=dict)
     expected: dict[str, str] = field(default_factory=dict)  # subject -> outcome type
     groups: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
 
     def add(self, group: str, pay_type: int, outcome: str, *, record_delta: int | None = 0,
-            **scenario: object) -> None:  # fmt: skip
+            underpaid_by: int = 0, **scenario: object) -> None:  # fmt: skip
         order = f"e{uuid.uuid4().hex[:14]}"
         amt = 1000 + len(self.orders)
         if "paid_amt" in scenario:
-            scenario["paid_amt"] = amt - 3  # a transfer asks for a slightly different sum
+            # A transfer asks for a slightly different sum; the payer may send less than that.
+            self.transfer_sums[order] = amt - 3
+            scenario["paid_amt"] = amt - 3 - underpaid_by
         self.orders.append(
             {"mch_id": TEST_MCH_ID, "mch_order": order, "amt": amt, "pay_type": pay_type,
              "notify_url": self.notify_url, "scenario": scenario}
@@ -87,6 +92,9 @@ class Day:
             day.add("repeat", PLAIN_PAY_TYPES[i % 3], SUCCEEDED, repeat_payments=1)
         for i in range(24):
             day.add("transfer", TRANSFER_PAY_TYPES[i % 3], SUCCEEDED, paid_amt=0)
+        for i in range(6):  # issue 10, hole 2: an underpaid transfer is never a success
+            day.add("underpaid_transfer", TRANSFER_PAY_TYPES[i % 3], MISMATCH,
+                    paid_amt=0, underpaid_by=1 + 100 * i)  # fmt: skip
         for _ in range(15):
             day.add("forged_too", 10, SUCCEEDED, forge_notification=True)
         for _ in range(15):
@@ -107,7 +115,10 @@ async def play(base: str, day: Day, book: OrderBook) -> None:
     """Record the orders, create them at the sandbox, pay all but the unpaid, forge the rest."""
     for order, amount in day.records.items():
         pay_type = next(o["pay_type"] for o in day.orders if o["mch_order"] == order)
-        await book.record_pending(OrderRecord(TEST_MCH_ID, order, amount, pay_type, 1))
+        asked = day.transfer_sums.get(order)
+        await book.record_pending(
+            OrderRecord(TEST_MCH_ID, order, amount, pay_type, 1, transfer_amt=asked)
+        )
     await control(base, "POST", "orders", {"orders": day.orders})
     unpaid = set(day.groups["unpaid_forged"])
     paying = [o["mch_order"] for o in day.orders if o["mch_order"] not in unpaid]
