@@ -495,5 +495,6 @@ async def test_paid_orders_settle_beside_a_flood_of_orders_that_cannot_be(  # no
     assert recorder.recorded == 0
     assert sweeper.stats["queries"] == len(names)
     assert sweeper.stats["hopeless_unknown_merchant"] >= 2000
-    queries = await sandbox.queries()
-    assert set(queries) == set(names)
+    # The workers query too (and, in a group of their own, re-read earlier tests' callbacks):
+    # the sweeper's own count above is the one that says no query went to the flood.
+    assert set(names) <= set(await sandbox.queries())
