@@ -347,10 +347,12 @@ class Sweeper:
             due = rest_until + self._random() * self._schedule.retry_gap  # spread the return
             await self._io(lambda: self._book.reschedule(member, due, queried=False, failed=None))
             return
+        probe = self._rest.probing(record.mch_id)  # this query is the rested merchant's probe
         try:
             await self._query_and_decide(member, entry, record)
         finally:
-            self._rest.abandoned(record.mch_id)  # a probe that ended without a verdict
+            if probe:  # a verdict ended the probe already; else let the next order probe
+                self._rest.abandoned(record.mch_id)
 
     async def _query_and_decide(self, member: str, entry: OrderEntry, record: OrderRecord) -> None:
         log = self._log.bind(mch_id=record.mch_id, mch_order=record.mch_order)

@@ -261,8 +261,13 @@ class MerchantRest:
             gap = self.schedule.retry_gap * self.schedule.growth**exponent
             self._until[mch_id] = now + min(gap, self.schedule.max_gap)
 
+    def probing(self, mch_id: str) -> bool:
+        """Whether a probe query is out for the merchant: right after `admit` said go, whether
+        that query is the probe."""
+        return mch_id in self._probing
+
     def abandoned(self, mch_id: str) -> None:
-        """A query admitted as the probe ended without a verdict (an unexpected error, a stop)."""
+        """The probe query ended without a verdict (an unexpected error, a stop)."""
         self._probing.discard(mch_id)
 
     def resting(self, now: float) -> list[str]:

@@ -281,7 +281,9 @@ def test_a_merchant_is_rested_after_failures_in_a_row_and_probed_once() -> None:
     assert rest.admit("bad", 1.0) == RETRY_GAP
     assert rest.admit("good", 1.0) is None
     assert rest.resting(1.0) == ["bad"]
+    assert not rest.probing("bad")
     assert rest.admit("bad", RETRY_GAP) is None  # the probe
+    assert rest.probing("bad")
     assert rest.admit("bad", RETRY_GAP) == 2 * RETRY_GAP  # one probe at a time
     rest.failed("bad", RETRY_GAP)
     assert rest.admit("bad", RETRY_GAP + 1) == 3 * RETRY_GAP  # rested twice as long
