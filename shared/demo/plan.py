@@ -44,7 +44,7 @@ class Mess(StrEnum):
     FORGED = "forged"  # a notification for ten times the amount, wrongly signed, comes too
     LATE = "late_delivery"  # the first tries are dropped; a later one gets through
     DROPPED = "dropped"  # every try is dropped: only the sweeper's query can settle it
-    UNDERPAID = "underpaid"  # the payer paid less than asked (not a transfer)
+    UNDERPAID = "underpaid"  # the payer paid less than asked (a transfer: less than its odd sum)
     UNPAID = "unpaid"  # never paid: expires
 
 
@@ -81,6 +81,7 @@ class PlannedOrder:
     amt: int  # li asked
     mess: Mess = Mess.NONE
     paid_amt: int | None = None  # li paid, when not what was asked
+    transfer_amt: int | None = None  # an underpaid transfer: the odd sum it was asked to pay
     duplicates: int = 0
     concurrent_duplicates: int = 0
     repeat_payments: int = 0
@@ -104,6 +105,7 @@ class PlannedOrder:
         """The sandbox scenario (`POST /_sandbox/scenarios`), or None when the defaults do."""
         fields: dict[str, Any] = {
             "paid_amt": self.paid_amt,
+            "transfer_amt": self.transfer_amt,
             "duplicates": self.duplicates,
             "concurrent_duplicates": self.concurrent_duplicates,
             "repeat_payments": self.repeat_payments,
@@ -139,19 +141,18 @@ def plan_orders(
         for _ in range(count)
     ]  # fmt: skip
     counts = mix.counts(count)
-    # Underpayment is only a mismatch where the amount must match: never on a transfer.
-    plain = [i for i, p in enumerate(pay_types) if not transfers.get(p).transfer]
-    if len(plain) < counts[Mess.UNDERPAID]:
-        raise ValueError("too few non-transfer orders for the mix")
-    messes: dict[int, Mess] = dict.fromkeys(
-        rng.sample(plain, counts[Mess.UNDERPAID]), Mess.UNDERPAID
-    )
-    rest = [i for i in range(count) if i not in messes]
+    rest = list(range(count))
     rng.shuffle(rest)
+    messes: dict[int, Mess] = {}
     for mess, n in counts.items():
-        if mess is not Mess.UNDERPAID:
-            messes.update(dict.fromkeys(rest[:n], mess))
-            rest = rest[n:]
+        messes.update(dict.fromkeys(rest[:n], mess))
+        rest = rest[n:]
+    # Transfers are underpaid too (less than the odd sum they were asked for): never a success.
+    if counts[Mess.UNDERPAID] >= 2 and not any(
+        transfers.get(pay_types[i]).transfer for i, m in messes.items() if m is Mess.UNDERPAID
+    ):
+        underpaid = next(i for i, m in messes.items() if m is Mess.UNDERPAID)
+        pay_types[underpaid] = rng.choice(TRANSFER_PAY_TYPES)
     planned = [
         _order(order_number(run_id, i), pay_types[i], messes.get(i, Mess.NONE), rng, transfers)
         for i in range(count)
@@ -164,16 +165,21 @@ def _order(
 ) -> PlannedOrder:
     amt = rng.choice(PRICES)
     paid_amt: int | None = None
+    transfer_amt: int | None = None
     if catalog.get(pay_type).transfer:
         paid_amt = amt + rng.randint(1, 99)  # the odd sum the payer is asked to transfer
     if mess is Mess.UNDERPAID:
-        paid_amt = amt - 1000 * rng.randint(1, 5)
+        if paid_amt is not None:  # asked for the odd sum, paid a few li less
+            transfer_amt, paid_amt = paid_amt, paid_amt - rng.randint(1, 50)
+        else:
+            paid_amt = amt - 1000 * rng.randint(1, 5)
     return PlannedOrder(
         mch_order=number,
         pay_type=pay_type,
         amt=amt,
         mess=mess,
         paid_amt=paid_amt,
+        transfer_amt=transfer_amt,
         duplicates=rng.randint(1, 3) if mess is Mess.DUPLICATES else 0,
         concurrent_duplicates=rng.randint(1, 2) if mess is Mess.CONCURRENT else 0,
         repeat_payments=1 if mess is Mess.REPEAT else 0,

@@ -45,9 +45,9 @@ def _payment_fields(order: Order, checkout: str) -> list[Pair]:
     fields: list[Pair]
     if pay_type in TRANSFER_PAY_TYPES:
         # The document names the transfer memo `code` too: sent as a second `code` member.
-        paid = order.scenario.paid_amt or order.mch_amt
+        asked = order.scenario.transfer_amt or order.scenario.paid_amt or order.mch_amt
         fields = [
-            ("op_amt", str(order.mch_amt)), ("amt", str(paid)),
+            ("op_amt", str(order.mch_amt)), ("amt", str(asked)),
             ("bank_card", "6222020200000000000"),
             ("bank_name", BANK_CODES[1001 + digest % len(BANK_CODES)]),
             ("real_name", "Sandbox Payee"), ("code", memo),

@@ -104,6 +104,9 @@ class Scenario:
 
     pay_after: float | None = None  # seconds before scaling; None: the sandbox default; NEVER
     paid_amt: int | None = None  # what the payer pays (li); None: the amount asked
+    # Transfers: the sum the create-order answer asks the payer for; None: `paid_amt` (so a payer
+    # who pays less than asked is `transfer_amt` > `paid_amt`: an underpaid transfer).
+    transfer_amt: int | None = None
     repeat_payments: int = 0  # extra notifications: new mch_order, origin_order = ours
     duplicates: int = 0  # extra deliveries of the notification after it was taken
     concurrent_duplicates: int = 0  # extra copies sent at the same moment as the first try
@@ -113,8 +116,8 @@ class Scenario:
 
     FIELDS = frozenset(
         {
-            "pay_after", "paid_amt", "repeat_payments", "duplicates", "concurrent_duplicates",
-            "drop_attempts", "forge_notification", "forge_answers",
+            "pay_after", "paid_amt", "transfer_amt", "repeat_payments", "duplicates",
+            "concurrent_duplicates", "drop_attempts", "forge_notification", "forge_answers",
         }
     )  # fmt: skip
 
@@ -129,6 +132,7 @@ class Scenario:
         return cls(
             pay_after=pay_after,
             paid_amt=amount_field(data, "paid_amt"),
+            transfer_amt=amount_field(data, "transfer_amt"),
             repeat_payments=_count(data, "repeat_payments", upper=100),
             duplicates=_count(data, "duplicates", upper=100),
             concurrent_duplicates=_count(data, "concurrent_duplicates", upper=100),

@@ -776,3 +776,21 @@ async def test_reset_and_auto_pay(merchants: Mapping[str, Merchant], receiver: R
             assert (await box.call("GET", "health"))["orders"] == 0
     finally:
         await runner.cleanup()
+
+
+async def test_an_underpaid_transfer_asks_one_sum_and_pays_less(
+    client: PlatformClient, sandbox: Sandbox, merchant: Merchant, receiver: Receiver
+) -> None:
+    """Scenario `transfer_amt`: the create-order answer asks for it; the payer pays `paid_amt`."""
+    request = order_request(merchant, receiver, 44)
+    await sandbox.call(
+        "POST", "scenarios",
+        json={"mch_id": merchant.mch_id, "mch_order": request.mch_order, "paid_amt": 12_300,
+              "transfer_amt": 12_337},
+    )  # fmt: skip
+    created = await client.create_order(request)
+    assert (created.op_amt, created.amt) == (12_340, 12_337)
+    await _pay(sandbox, merchant, request.mch_order)
+    await receiver.wait_for(request.mch_order, 1)
+    report = parse_payment_report(receiver.arrivals[request.mch_order][0][1], PAY_TYPES)
+    assert (report.amt, report.mch_amt) == (12_300, 12_340)
