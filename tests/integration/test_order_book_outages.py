@@ -17,7 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from redis import exceptions as redis_errors
 
 from shared.adapters.kafka import start_producer
-from shared.adapters.order_book import OrderBook
+from shared.adapters.order_book import SWEEPER_LEASE_KEY, OrderBook
 from shared.adapters.redis_client import connect_redis
 from shared.adapters.redis_lock import Locks
 from shared.clock import SystemClock
@@ -29,9 +29,11 @@ from shared.settings import Settings
 from shared.stack.local import LocalStack, free_port
 from workers.orders_consumer import OrdersConsumer
 from workers.sweeper import Sweeper, SweeperLimits
+from workers.sweeper_main import run_sweeper
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+    from pathlib import Path
 
     from aiokafka import AIOKafkaProducer
     from redis.asyncio import Redis
@@ -254,3 +256,41 @@ async def _send(producer: AIOKafkaProducer, topic: str, names: list[str]) -> Non
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_the_sweeper_started_while_kafka_is_away_waits_for_it(
+    kafka_stack: LocalStack, own_redis: LocalStack, redis: Redis, merchants_file: Path
+) -> None:
+    """`paynotify sweeper` started its producer first thing, and with the broker away that
+    raised and the process exited. Now it waits for the broker (a stop meanwhile ends it
+    cleanly) and, once the broker is there, takes the lease and sweeps."""
+    settings = Settings(
+        kafka_bootstrap_servers=kafka_stack.bootstrap_servers, redis_url=own_redis.redis_url,
+        merchants_file=merchants_file, platform_url="http://127.0.0.1:9/",
+    )  # fmt: skip
+    await asyncio.to_thread(kafka_stack.stop_kafka)
+    try:
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_sweeper(settings, stop))
+        await asyncio.sleep(3)
+        assert not task.done()
+        stop.set()  # stopped while still waiting: returns, no error
+        async with asyncio.timeout(15):
+            await task
+
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_sweeper(settings, stop))
+        await asyncio.sleep(1)
+        await asyncio.to_thread(kafka_stack.start_kafka)
+        await _until(lambda: _leading(redis), deadline=60)
+        assert not task.done()
+        stop.set()
+        async with asyncio.timeout(30):
+            await task
+    finally:
+        if not kafka_stack.status()["kafka"]:
+            await asyncio.to_thread(kafka_stack.start_kafka)
+
+
+async def _leading(redis: Redis) -> bool:
+    return bool(await redis.exists(SWEEPER_LEASE_KEY))
