@@ -142,7 +142,11 @@ async def run_worker(settings: Settings, stop: asyncio.Event, clock: Clock | Non
     )
     # Orders published by merchant systems on paynotify.orders land in the order book here.
     orders = OrdersConsumer(
-        settings, OrderBook.from_settings(redis, clock, settings), producer=producer, clock=clock
+        settings,
+        OrderBook.from_settings(redis, clock, settings),
+        producer=producer,
+        clock=clock,
+        merchants=merchants,
     )
     try:
         callbacks.subscribe()

@@ -26,11 +26,12 @@ from aiokafka.structs import OffsetAndMetadata
 from redis.exceptions import RedisError
 
 from shared.adapters.kafka import CallbackEnvelope, EnvelopeError
+from shared.adapters.outages import OUTAGES
 from shared.logs import get_logger
 from shared.platform.retry import OUTAGE_BACKOFF
 from shared.protocol.payment import order_key
 from workers.offsets import PartitionOffsets
-from workers.reconcile import Settlement, Sink, Work, dead_letter
+from workers.reconcile import Settlement, Sink, Work, publish_dead_letter
 
 if TYPE_CHECKING:
     from collections import Counter
@@ -201,12 +202,15 @@ class CallbackConsumer:
         await self._runner.submit(key, job)
 
     async def _undecodable(self, key: str, origin: str, raw: bytes, detail: str) -> None:
-        value = dead_letter("undecodable", detail, origin, raw, at=self._clock.time())
+        now = self._clock.time()
         retry = 0
         while True:
             try:
-                await self._dlq.publish(key, value)
-            except KafkaError:
+                await publish_dead_letter(
+                    self._dlq, key, reason="undecodable", detail=detail, origin=origin,
+                    payload=raw, at=now,
+                )  # fmt: skip
+            except OUTAGES:
                 await self._clock.sleep(OUTAGE_BACKOFF.backoff(retry, random.random))
                 retry += 1
             else:
@@ -351,12 +355,15 @@ class RetryPoller:
         await self._runner.submit(key, job)
 
     async def _corrupt(self, member: bytes, detail: str) -> None:
-        value = dead_letter("corrupt_retry_entry", detail, "retry-set", member, self._clock.time())
+        now = self._clock.time()
         retry = 0
         while True:
             try:
-                await self._dlq.publish("retry-set", value)
-            except KafkaError:
+                await publish_dead_letter(
+                    self._dlq, "retry-set", reason="corrupt_retry_entry", detail=detail,
+                    origin="retry-set", payload=member, at=now,
+                )  # fmt: skip
+            except OUTAGES:
                 await self._clock.sleep(OUTAGE_BACKOFF.backoff(retry, random.random))
                 retry += 1
             else:

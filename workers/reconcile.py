@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from aiokafka.errors import KafkaError
-from redis.exceptions import RedisError
 
 from shared.adapters.kafka import CallbackEnvelope, EnvelopeError
 from shared.adapters.order_book import CorruptRecordError
+from shared.adapters.outages import OUTAGES
 from shared.adapters.outcomes import Busy, Decided, Locked, OutcomeStore, RecordedOutcome
 from shared.domain.decision import (
     DEFAULT_REPLAY_WINDOW_S,
@@ -71,7 +71,8 @@ _SETTLING = frozenset({EventType.PAYMENT_SUCCEEDED, EventType.PAYMENT_AMOUNT_MIS
 # Answers that did not verify or parse may come from an impostor: retried as if unreachable.
 _SUSPECT_ANSWERS = (AnswerSignatureError, MalformedAnswer)
 # A service being away: waited out, never a reason to drop the message or stop the worker.
-_OUTAGES = (RedisError, KafkaError, OSError)
+# Narrower than RedisError/KafkaError: WRONGTYPE or a message too large never go away by waiting.
+_OUTAGES = OUTAGES
 # Envelope sources whose report the platform signed with the merchant's key.
 _SOURCES = frozenset({"notification", "query"})
 DETAIL_LIMIT = 200  # characters of an unexpected error's message kept in its dead letter
@@ -145,19 +146,39 @@ def _retry_count(value: object) -> int:
     return value
 
 
-def dead_letter(reason: str, detail: str, origin: str, payload: bytes, at: float) -> bytes:
-    """A DLQ record: enough to understand and replay the message, never a key."""
+def dead_letter(
+    reason: str, detail: str, origin: str, payload: bytes, at: float, *, omit: str | None = None
+) -> bytes:
+    """A DLQ record: enough to understand and replay the message, never a key. With `omit`, the
+    payload is left out and `payload_omitted` says why (the DLQ refused the whole record)."""
     document: dict[str, Any] = {
         "reason": reason,
         "detail": detail,
         "origin": origin,
         "failed_at": at,
     }
+    if omit is not None:
+        document["payload_omitted"] = omit
+        return orjson.dumps(document)
     try:
         document["payload"] = orjson.loads(payload)
     except orjson.JSONDecodeError:
         document["payload_base64"] = base64.b64encode(payload).decode()
     return orjson.dumps(document)
+
+
+async def publish_dead_letter(
+    dlq: Sink, key: str, *, reason: str, detail: str, origin: str, payload: bytes, at: float
+) -> None:
+    """Publish the dead letter; if the DLQ refuses it for something waiting cannot fix (too
+    large), publish it without its payload. Outages raise: the caller waits them out."""
+    try:
+        await dlq.publish(key, dead_letter(reason, detail, origin, payload, at))
+    except OUTAGES:
+        raise
+    except (KafkaError, ValueError) as exc:
+        omitted = f"{len(payload)} bytes, refused by the DLQ ({type(exc).__name__})"
+        await dlq.publish(key, dead_letter(reason, detail, origin, payload, at, omit=omitted))
 
 
 class _Refused(Exception):  # noqa: N818 - a refusal, not an error of ours
@@ -440,10 +461,10 @@ class Reconciler:
         self, work: Work, reason: str, detail: str, report: PaymentReport | None
     ) -> Settlement:
         key = report.order_key if report is not None else work.envelope.delivery_id
-        record = dead_letter(
-            reason, detail, work.origin, work.envelope.encode(), at=self.clock.time()
-        )
-        await self.dlq.publish(key, record)
+        await publish_dead_letter(
+            self.dlq, key, reason=reason, detail=detail, origin=work.origin,
+            payload=work.envelope.encode(), at=self.clock.time(),
+        )  # fmt: skip
         self._log.warning("message_dead_lettered", order=key, reason=reason, origin=work.origin)
         return Settlement.DEAD_LETTERED
 

@@ -527,3 +527,20 @@ def test_outcomes_outlive_order_records() -> None:
         settings = Settings(time_scale=scale)
         book = OrderBook.from_settings(Redis(), SystemClock(), settings)
         assert outcome_ttl_seconds(settings) >= book._record_ttl
+
+
+async def test_a_dead_letter_too_large_for_the_dlq_goes_without_its_payload(
+    env, kafka_bootstrap
+) -> None:
+    """Something waiting cannot fix (the broker refuses a record over its size limit) must not
+    stall the message for ever: the dead letter goes out without its payload, saying so."""
+    reconciler, _platform, _book, _redis, (_, dlq) = env
+    work = work_for(report(unique_order()))
+    huge = {**work.envelope.fields, "sign": "0" * 32, "padding": "x" * 1_500_000}
+    big = Work(envelope=replace(work.envelope, fields=huge), origin=work.origin)
+    async with asyncio.timeout(30):
+        assert await reconciler.settle(big) is Settlement.DEAD_LETTERED
+    (letter,) = await read_topic(kafka_bootstrap, dlq, 1)
+    assert letter["reason"] == "bad_signature"
+    assert "payload" not in letter
+    assert "MessageSizeTooLargeError" in letter["payload_omitted"]
