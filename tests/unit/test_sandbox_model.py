@@ -42,9 +42,9 @@ def test_documented_schedule_offsets() -> None:
 
 def test_scenario_json_round_trip() -> None:
     """A scenario parses from the control API's JSON and renders back the same."""
-    data = {"pay_after": "never", "paid_amt": 990, "transfer_amt": 995, "repeat_payments": 1, "duplicates": 2,
-            "concurrent_duplicates": 1, "drop_attempts": 3, "forge_notification": True,
-            "forge_answers": False}  # fmt: skip
+    data = {"pay_after": "never", "paid_amt": 990, "transfer_amt": 995, "repeat_payments": 1,
+            "duplicates": 2, "concurrent_duplicates": 1, "drop_attempts": 3,
+            "forge_notification": True, "forge_answers": False}  # fmt: skip
     scenario = Scenario.from_json(data)
     assert scenario.pay_after == NEVER
     assert scenario.to_json() == data
