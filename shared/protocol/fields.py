@@ -48,17 +48,24 @@ def has_control_characters(value: str) -> bool:
 
 
 def check_text(
-    field: str, value: str, *, max_length: int | None = None, required: bool = True
+    field: str,
+    value: str,
+    *,
+    max_length: int | None = None,
+    required: bool = True,
+    signed: bool = False,
 ) -> str:
-    """Text without control characters, within a length (in characters), and, for echoed fields,
-    without `&` or `=`."""
+    """Text without control characters, within a length (in characters), and, for echoed fields
+    and every field of a signed report (`signed`), without `&` or `=`: the signed string joins
+    values raw, so one of those inside a value could re-cut the form into another that signs
+    alike."""
     if required and value == "":
         raise FieldError(field, "must not be empty")
     if max_length is not None and len(value) > max_length:
         raise FieldError(field, f"must be at most {max_length} characters")
     if has_control_characters(value):
         raise FieldError(field, "must not contain control characters")
-    if field in ECHOED_FIELDS and not _SEPARATORS.isdisjoint(value):
+    if (signed or field in ECHOED_FIELDS) and not _SEPARATORS.isdisjoint(value):
         raise FieldError(field, "must not contain '&' or '='")
     return value
 

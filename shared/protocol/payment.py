@@ -29,6 +29,7 @@ REQUIRED_FIELDS = (
 OPTIONAL_FIELDS = ("call", "success_at", "origin_order")
 KNOWN_FIELDS = frozenset((*REQUIRED_FIELDS, *OPTIONAL_FIELDS, SIGN_FIELD))
 SIGN_TYPES = frozenset({"md5"})
+AMOUNT_TYPES = frozenset({"cny"})  # the document: amounts are li of renminbi
 MAX_AMOUNT_LI = 10**15  # a trillion yuan: far above any payment, far below int64
 
 
@@ -86,24 +87,24 @@ def parse_payment_report(fields: Mapping[str, str], pay_types: Container[int]) -
     origin_order = optional("origin_order")
     call = optional("call")
     extra = tuple(
-        (name, check_text(name, value, required=False))
+        (name, check_text(name, value, required=False, signed=True))
         for name, value in sorted(fields.items())
         if name not in KNOWN_FIELDS
     )
     return PaymentReport(
-        mch_id=check_text("mch_id", fields["mch_id"], max_length=32),
+        mch_id=check_text("mch_id", fields["mch_id"], max_length=32, signed=True),
         service=service,
-        mch_order=check_text("mch_order", fields["mch_order"], max_length=50),
+        mch_order=check_text("mch_order", fields["mch_order"], max_length=50, signed=True),
         amt=parse_int("amt", fields["amt"], maximum=MAX_AMOUNT_LI),
         mch_amt=parse_int("mch_amt", fields["mch_amt"], maximum=MAX_AMOUNT_LI),
-        amt_type=check_text("amt_type", fields["amt_type"], max_length=10),
+        amt_type=check_choice("amt_type", fields["amt_type"], AMOUNT_TYPES),
         status=PaymentStatus(status),
         created_at=parse_int("created_at", fields["created_at"]),
         success_at=None if success_at is None else parse_int("success_at", success_at),
         origin_order=None
         if origin_order is None
-        else check_text("origin_order", origin_order, max_length=50),
-        call=None if call is None else check_text("call", call, max_length=255),
+        else check_text("origin_order", origin_order, max_length=50, signed=True),
+        call=None if call is None else check_text("call", call, max_length=255, signed=True),
         sign_type=check_choice("sign_type", fields["sign_type"], SIGN_TYPES),
         extra=extra,
     )

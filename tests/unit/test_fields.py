@@ -70,6 +70,14 @@ def test_echoed_fields_refuse_separators(field: str, value: str) -> None:
         check_text(field, value)
 
 
+@pytest.mark.parametrize("field", ["remark", "attach", "amt_type", "x"])
+def test_every_field_of_a_signed_report_refuses_separators(field: str) -> None:
+    """Issue 10, hole 6: in a signed report no field may hold `&` or `=`."""
+    with pytest.raises(FieldError, match="'&' or '='"):
+        check_text(field, "a=b", signed=True)
+    assert check_text(field, "ab", signed=True) == "ab"
+
+
 def test_other_text_fields_may_hold_separators() -> None:
     """A URL's query string is legitimate in fields that are not echoed."""
     url = "https://shop.example/notify?a=1&b=2"

@@ -173,6 +173,15 @@ def test_allow_from_refuses_other_sources_with_403(peer: str | None) -> None:
         ({"call": "x=1"}, "call"),
         ({"remark_x": "line\nbreak"}, "remark_x"),
         ({"amt_type": ""}, "amt_type"),
+        # Issue 10, hole 6: the document's only amount type, and no separator in any field.
+        ({"amt_type": "usd"}, "amt_type"),
+        ({"amt_type": "cny&a"}, "amt_type"),
+        ({"amt_type": "CNY"}, "amt_type"),
+        ({"attach": "a&b"}, "attach"),
+        ({"remark": "x=1"}, "remark"),
+        ({"zz": "="}, "zz"),
+        ({"remark": "tab\there"}, "remark"),
+        ({"origin_order": "o&1"}, "origin_order"),
     ],
 )
 def test_invalid_fields_under_a_valid_signature_are_400(
@@ -182,6 +191,20 @@ def test_invalid_fields_under_a_valid_signature_are_400(
     result = refusal_of(VERIFIER.check(signed(notification(**overrides), KEY), PEER))
     assert (result.status, result.reason, result.field) == (400, Reason.INVALID_FIELD, field)
     assert result.rule
+
+
+def test_a_signed_form_cannot_be_re_cut_into_another_with_the_same_signature() -> None:
+    """Issue 10, hole 6: the signed string joins `name=value` pairs with `&`, so a value holding
+    `&...=` signs exactly like a form with one more field. The cut with a separator is refused."""
+    # `b` sorts between amt_type and created_at, so both forms give one signed string.
+    form = signed(notification(amt_type="cny&b=x"), KEY)
+    recut = {**form, "amt_type": "cny", "b": "x"}
+    assert recut["sign"] == signed({k: v for k, v in recut.items() if k != "sign"}, KEY)["sign"]
+    result = refusal_of(VERIFIER.check(form, PEER))
+    assert (result.reason, result.field) == (Reason.INVALID_FIELD, "amt_type")
+    # Of the two readings of one signed string, only the one without separators in values is
+    # ever taken, so a signature means one form.
+    assert isinstance(VERIFIER.check(recut, PEER), Verified)
 
 
 def test_every_reason_has_a_status_and_only_kafka_reasons_are_5xx() -> None:
