@@ -1,19 +1,25 @@
 """`paynotify ingress` / `python -m ingress`: serve POST /notify until SIGTERM or SIGINT.
 
 On a signal the server stops accepting, finishes in-flight requests (bounded by the Kafka ack
-deadline), then flushes and closes the producer.
+deadline), then flushes and closes the producer. A broker that is away is waited out (503 and
+`/readyz` false meanwhile), never a reason to exit.
+
+At most `PAYNOTIFY_INGRESS_MAX_CONNECTIONS` connections are served at once: one more is answered
+`503 fail` and closed at once, so a flood of idle or slow connections cannot exhaust the process's
+file descriptors; idle keep-alive connections close after `KEEPALIVE_TIMEOUT` seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import signal
 import sys
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from aiokafka.errors import KafkaError
 
-from ingress.app import build_app
+from ingress.app import INGRESS, SERVER_HEADER, build_app
 from shared.logs import configure_logging, get_logger
 from shared.merchants import MerchantsFileError, load_merchants
 from shared.settings import Settings, SettingsError
@@ -21,8 +27,14 @@ from shared.settings import Settings, SettingsError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from shared.logs import BoundLogger
+
 EXIT_CONFIG = 2
-EXIT_KAFKA = 3
+KEEPALIVE_TIMEOUT = 15.0  # seconds an idle connection is kept open for another request
+_OVERLOADED = (
+    b"HTTP/1.1 503 Service Unavailable\r\nServer: " + SERVER_HEADER.encode("ascii") + b"\r\n"
+    b"Content-Type: text/plain\r\nContent-Length: 4\r\nConnection: close\r\n\r\nfail"
+)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -50,20 +62,63 @@ def main(args: argparse.Namespace | None = None) -> int:
         log.exception("ingress_config_invalid")
         return EXIT_CONFIG
     log.info("ingress_starting", host=args.host, port=args.port, merchants=len(merchants))
-    try:
-        web.run_app(
-            build_app(settings, merchants),
-            host=args.host,
-            port=args.port,
-            access_log=None,  # one line per request would cost more than the request
-            print=None,
-            # In-flight requests wait at most for their Kafka deadline; a little slack on top.
-            shutdown_timeout=settings.kafka_ack_timeout + 5.0,
-        )
-    except KafkaError:
-        log.exception("ingress_kafka_unavailable")
-        return EXIT_KAFKA
+    asyncio.run(serve(build_app(settings, merchants), args.host, args.port, settings, log))
     return 0
+
+
+class _Overloaded(asyncio.Protocol):
+    """One connection too many: answered 503 (the platform retries) and closed unread."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if isinstance(transport, asyncio.WriteTransport):
+            transport.write(_OVERLOADED)
+        transport.close()
+
+
+async def serve(
+    app: web.Application,
+    host: str,
+    port: int,
+    settings: Settings,
+    log: BoundLogger,
+    *,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve `app` until `stop` is set (by default: SIGTERM or SIGINT), then shut down gracefully
+    (see the module's doc)."""
+    runner = web.AppRunner(
+        app,
+        access_log=None,  # one line per request would cost more than the request
+        keepalive_timeout=KEEPALIVE_TIMEOUT,
+        # In-flight requests wait at most for their Kafka deadline; a little slack on top.
+        shutdown_timeout=settings.kafka_ack_timeout + 5.0,
+    )
+    await runner.setup()  # starts the Kafka clients (waited out in the background if away)
+    server = runner.server
+    if server is None:  # setup() always makes one; typed Optional for before it ran
+        raise RuntimeError("the runner has no server after setup")
+    counters = app[INGRESS].counters
+    limit = settings.ingress_max_connections
+
+    def protocol() -> asyncio.BaseProtocol:
+        if len(server.connections) >= limit:
+            counters.connections_refused += 1
+            return _Overloaded()
+        return server()
+
+    loop = asyncio.get_running_loop()
+    if stop is None:
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+    try:
+        listener = await loop.create_server(protocol, host, port, reuse_address=True)
+        log.info("ingress_listening", host=host, port=port, max_connections=limit)
+        await stop.wait()
+        log.info("ingress_stopping")
+        listener.close()  # no new connections; the open ones finish below
+    finally:
+        await runner.cleanup()
 
 
 if __name__ == "__main__":

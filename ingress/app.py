@@ -9,6 +9,7 @@ HTTP out.
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from ingress.audit_budget import AuditBudget
 from ingress.counters import IngressCounters
 from ingress.forms import parse_request
 from ingress.publisher import Publisher
@@ -30,8 +32,10 @@ from shared.adapters.kafka import (
     start_admin,
     start_producer,
 )
+from shared.adapters.outages import KAFKA_OUTAGES
 from shared.clock import Clock, SystemClock
 from shared.logs import BoundLogger, get_logger
+from shared.platform.retry import wait_out
 from shared.protocol.catalog import PayTypeCatalog
 
 if TYPE_CHECKING:
@@ -47,6 +51,11 @@ _METHOD_NOT_ALLOWED = Refusal(Reason.METHOD_NOT_ALLOWED)
 _BODY_TOO_LARGE = Refusal(Reason.BODY_TOO_LARGE)
 _NOT_FOUND = Refusal(Reason.NOT_FOUND)
 _NOT_READY = Refusal(Reason.NOT_READY)
+_BODY_TIMEOUT = Refusal(Reason.BODY_TIMEOUT, rule="the body did not arrive within the deadline")
+SERVER_HEADER = "paynotify"  # no product versions for a scanner to match against advisories
+_KAFKA_START_TRY = 30.0  # bound on one attempt to start the Kafka clients
+_KAFKA_FIRST_WAIT = 10.0  # start-up waits this long for Kafka before serving without it
+_KAFKA_STOP_BOUND = 30.0  # bound on stopping the clients (a flush waits for the broker)
 _AUDIT_TEXT = 64  # characters kept of any sender-chosen text in an audit record
 _AUDIT_NAMES = 40  # field names kept in an audit record
 
@@ -68,6 +77,8 @@ class Ingress:
         self.counters = counters
         self.log = log
         self.max_body = settings.max_body_bytes
+        self.body_timeout = settings.ingress_body_timeout
+        self.audit_budget = AuditBudget(settings.ingress_audit_rate, settings.ingress_audit_burst)
         # Set while the Kafka clients run (see `_kafka_clients`).
         self.publisher: Publisher | None = None
         self.readiness: KafkaReadiness | None = None
@@ -76,6 +87,8 @@ class Ingress:
     async def notify(self, request: web.Request) -> web.Response:
         received_at = self.clock.time()
         form = await self._read_form(request)
+        if form is _BODY_TIMEOUT:
+            return await self._refuse_and_close(request, form, received_at)
         if isinstance(form, Refusal):
             return self._refuse(request, form, received_at)
         peer = request.remote
@@ -105,9 +118,12 @@ class Ingress:
         if length is not None and length > self.max_body:
             return _BODY_TOO_LARGE  # refused before reading a byte of it
         try:
-            body = await request.read()
+            async with asyncio.timeout(self.body_timeout):
+                body = await request.read()
         except web.HTTPRequestEntityTooLarge:  # no Content-Length: chunked past the limit
             return _BODY_TOO_LARGE
+        except TimeoutError:  # a client trickling its body would hold the connection for hours
+            return _BODY_TIMEOUT
         return parse_request(
             body, request.headers.get(hdrs.CONTENT_TYPE), request.query_string, self.max_body
         )
@@ -131,10 +147,31 @@ class Ingress:
             peer=request.remote,
         )
         if self.publisher is not None:
-            self.publisher.audit(_audit_record(request, refusal, received_at, form), mch_id)
+            suppressed = self.audit_budget.take(request.remote, self.clock.monotonic())
+            if suppressed is None:
+                self.counters.audit_suppressed += 1
+            else:
+                record = _audit_record(request, refusal, received_at, form)
+                record["suppressed"] = suppressed
+                self.publisher.audit(record, mch_id)
         response = web.Response(status=refusal.status, body=FAIL, content_type="text/plain")
         if refusal.reason is Reason.METHOD_NOT_ALLOWED:
             response.headers[hdrs.ALLOW] = hdrs.METH_POST
+        return response
+
+    async def _refuse_and_close(
+        self, request: web.Request, refusal: Refusal, received_at: float
+    ) -> web.Response:
+        """Answer now and drop the connection: the rest of the body is never waited for (aiohttp
+        would otherwise linger, reading it, before closing)."""
+        response = self._refuse(request, refusal, received_at)
+        try:
+            async with asyncio.timeout(1.0):  # a few bytes into an idle socket's buffer
+                await response.prepare(request)
+                await response.write_eof()
+        except (TimeoutError, ConnectionError):
+            pass  # the client is gone or not reading: closing is all that is left to do
+        request.protocol.force_close()
         return response
 
     async def not_found(self, request: web.Request) -> web.Response:
@@ -188,46 +225,96 @@ def _audit_record(
     }
 
 
+async def _plain_server_header(_: web.Request, response: web.StreamResponse) -> None:
+    response.headers[hdrs.SERVER] = SERVER_HEADER
+
+
 INGRESS = web.AppKey("ingress", Ingress)
 PRODUCER = web.AppKey("kafka_producer", AIOKafkaProducer)
 ADMIN = web.AppKey("kafka_admin", AIOKafkaAdminClient)
 
 
 async def _kafka_clients(app: web.Application) -> AsyncIterator[None]:
+    """The Kafka clients' lifetime. A broker that is away at start-up is waited out in the
+    background: the ingress serves meanwhile, answering 503 `not_ready` (the platform retries)
+    with `/readyz` false, and never exits for it."""
     ingress = app[INGRESS]
-    settings = ingress.settings
-    producer = await start_producer(settings, client_id="paynotify-ingress")
-    admin: AIOKafkaAdminClient | None = None
-    publisher: Publisher | None = None
+    starting = asyncio.create_task(_start_kafka(ingress), name="ingress-kafka-start")
+    # Usually quick: then the first request already finds the clients ready.
+    await asyncio.wait({starting}, timeout=_KAFKA_FIRST_WAIT)
     try:
-        admin = await start_admin(settings, client_id="paynotify-ingress-readiness")
-        app[PRODUCER], app[ADMIN] = producer, admin
-        names = settings.topics
-        await _learn_partitions(
-            producer, (names.callbacks, names.rejected), settings.kafka_ack_timeout, ingress.log
-        )
-        publisher = Publisher(
-            producer,
-            topics=names,
-            ack_timeout=settings.kafka_ack_timeout,
-            counters=ingress.counters,
-            log=ingress.log,
-        )
-        ingress.publisher = publisher
-        ingress.readiness = KafkaReadiness(
-            admin, names.callbacks, ingress.clock, timeout=min(settings.kafka_ack_timeout, 2.0)
-        )
-        ingress.log.info("ingress_started", kafka=settings.kafka_bootstrap_servers)
         yield
     finally:
         # In-flight requests are finished by now; what is still queued is flushed by `stop`.
         ingress.publisher, ingress.readiness = None, None
-        if publisher is not None:
-            await publisher.drain()
-        await producer.stop()
-        if admin is not None:
-            await admin.close()
+        starting.cancel()  # nothing when it finished
+        await asyncio.wait({starting}, timeout=_KAFKA_STOP_BOUND)
+        if starting.done() and not starting.cancelled() and starting.exception() is None:
+            await _stop_kafka(ingress, *starting.result())
         ingress.log.info("ingress_stopped", published=ingress.counters.published)
+
+
+async def _start_kafka(ingress: Ingress) -> tuple[AIOKafkaProducer, AIOKafkaAdminClient, Publisher]:
+    settings = ingress.settings
+
+    async def attempt() -> tuple[AIOKafkaProducer, AIOKafkaAdminClient]:
+        async with asyncio.timeout(_KAFKA_START_TRY):
+            producer = await start_producer(settings, client_id="paynotify-ingress")
+            try:
+                admin = await start_admin(settings, client_id="paynotify-ingress-readiness")
+            except BaseException:
+                await producer.stop()
+                raise
+        return producer, admin
+
+    def waiting(exc: BaseException, delay: float) -> None:
+        ingress.log.warning("ingress_kafka_unavailable", error=type(exc).__name__, retry_in=delay)
+
+    try:
+        producer, admin = await wait_out(
+            attempt,
+            errors=(*KAFKA_OUTAGES, TimeoutError),
+            clock=ingress.clock,
+            random=random.random,
+            on_retry=waiting,
+        )
+    except Exception:
+        # Not an outage (a configuration the client refuses): say so; /readyz stays false.
+        ingress.log.exception("ingress_kafka_start_failed")
+        raise
+    names = settings.topics
+    await _learn_partitions(
+        producer, (names.callbacks, names.rejected), settings.kafka_ack_timeout, ingress.log
+    )
+    publisher = Publisher(
+        producer,
+        topics=names,
+        ack_timeout=settings.kafka_ack_timeout,
+        counters=ingress.counters,
+        log=ingress.log,
+    )
+    ingress.publisher = publisher
+    ingress.readiness = KafkaReadiness(
+        admin, names.callbacks, ingress.clock, timeout=min(settings.kafka_ack_timeout, 2.0)
+    )
+    ingress.log.info("ingress_started", kafka=settings.kafka_bootstrap_servers)
+    return producer, admin, publisher
+
+
+async def _stop_kafka(
+    ingress: Ingress,
+    producer: AIOKafkaProducer,
+    admin: AIOKafkaAdminClient,
+    publisher: Publisher,
+) -> None:
+    try:
+        async with asyncio.timeout(_KAFKA_STOP_BOUND):
+            await publisher.drain()
+            await producer.stop()
+    except TimeoutError:
+        ingress.log.warning("ingress_kafka_flush_timeout", bound=_KAFKA_STOP_BOUND)
+    finally:
+        await admin.close()
 
 
 async def _learn_partitions(
@@ -265,6 +352,7 @@ def build_app(
     app[INGRESS] = ingress
     app.cleanup_ctx.append(_kafka_clients)
     app.on_shutdown.append(_on_shutdown)
+    app.on_response_prepare.append(_plain_server_header)
     app.router.add_route("*", "/notify", ingress.notify)
     app.router.add_route("*", "/notify/{mch_id}", ingress.notify)
     app.router.add_get("/healthz", ingress.healthz, allow_head=True)

@@ -12,6 +12,8 @@ class IngressCounters:
         "audit_dropped",
         "audit_failed",
         "audit_sent",
+        "audit_suppressed",
+        "connections_refused",
         "late_acks",
         "late_failures",
         "published",
@@ -28,6 +30,8 @@ class IngressCounters:
         self.audit_sent = 0
         self.audit_failed = 0
         self.audit_dropped = 0  # too many audit records already pending
+        self.audit_suppressed = 0  # left out: the sender was over its audit budget
+        self.connections_refused = 0  # answered 503 at once: too many connections open
 
     def prometheus(self) -> str:
         """The counters in Prometheus' text exposition format."""
@@ -41,7 +45,15 @@ class IngressCounters:
             f" {self.refusals[reason]}"
             for reason in Reason
         )
-        for name in ("late_acks", "late_failures", "audit_sent", "audit_failed", "audit_dropped"):
+        for name in (
+            "late_acks",
+            "late_failures",
+            "audit_sent",
+            "audit_failed",
+            "audit_dropped",
+            "audit_suppressed",
+            "connections_refused",
+        ):
             lines.append(f"# TYPE paynotify_ingress_{name}_total counter")
             lines.append(f"paynotify_ingress_{name}_total {getattr(self, name)}")
         return "\n".join(lines) + "\n"

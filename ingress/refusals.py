@@ -30,8 +30,9 @@ class Reason(StrEnum):
     # 404
     UNKNOWN_MERCHANT = "unknown_merchant"
     NOT_FOUND = "not_found"
-    # 405, 413, 415
+    # 405, 408, 413, 415
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    BODY_TIMEOUT = "body_timeout"
     BODY_TOO_LARGE = "body_too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     UNSUPPORTED_CHARSET = "unsupported_charset"
@@ -65,6 +66,7 @@ STATUS: dict[Reason, HTTPStatus] = {
     Reason.UNKNOWN_MERCHANT: HTTPStatus.NOT_FOUND,
     Reason.NOT_FOUND: HTTPStatus.NOT_FOUND,
     Reason.METHOD_NOT_ALLOWED: HTTPStatus.METHOD_NOT_ALLOWED,
+    Reason.BODY_TIMEOUT: HTTPStatus.REQUEST_TIMEOUT,
     Reason.BODY_TOO_LARGE: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
     Reason.UNSUPPORTED_MEDIA_TYPE: HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
     Reason.UNSUPPORTED_CHARSET: HTTPStatus.UNSUPPORTED_MEDIA_TYPE,

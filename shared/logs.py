@@ -8,12 +8,27 @@ Usage: `log = get_logger("ingress").bind(mch_id=..., mch_order=...)`, then
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any
 
 import orjson
 
 _REDACTED = frozenset({"sign", "mch_key", "key", "secret", "keys", "password"})
+# Console values written bare; anything else is quoted and escaped, so a value taken from a
+# request cannot start a new line, fake a `key=value` or hide text with terminal controls.
+_BARE = re.compile(r"[\w.:/@+\-]+", re.ASCII)
+# What JSON leaves raw but a terminal or log viewer may act on: DEL, C1 controls (NEL among them),
+# line and paragraph separators, bidirectional overrides and isolates.
+_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _console_value(value: Any) -> str:
+    text = value if isinstance(value, str) else str(value)
+    if _BARE.fullmatch(text):
+        return text
+    quoted = orjson.dumps(text).decode()  # quotes, backslashes and C0 controls escaped
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", quoted)
 
 
 class _Formatter(logging.Formatter):
@@ -36,7 +51,7 @@ class _Formatter(logging.Formatter):
             fields["exc"] = str(record.exc_info[1])
         if self._as_json:
             return orjson.dumps(fields, default=str).decode()
-        return " ".join(f"{k}={v}" for k, v in fields.items())
+        return " ".join(f"{k}={_console_value(v)}" for k, v in fields.items())
 
 
 class BoundLogger:

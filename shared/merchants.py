@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from shared.protocol.fields import check_text
+from shared.protocol.fields import check_text, has_control_characters
 from shared.protocol.signing import MerchantKey
 
 if TYPE_CHECKING:
@@ -59,6 +59,8 @@ def parse_merchants(document: Mapping[str, Any]) -> Mapping[str, Merchant]:
             check_text("mch_id", mch_id, max_length=32)
         except ValueError as exc:
             raise MerchantsFileError(f"merchant id {mch_id!r} is invalid: {exc}") from None
+        if ":" in mch_id:  # `mch_id:mch_order` must name one order of one merchant
+            raise MerchantsFileError(f"merchant id {mch_id!r} is invalid: ':' is not allowed")
         if not isinstance(entry, dict):
             raise MerchantsFileError(f"[merchants.{mch_id}] must be a table")
         keys = entry.get("keys")
@@ -70,6 +72,7 @@ def parse_merchants(document: Mapping[str, Any]) -> Mapping[str, Merchant]:
             raise MerchantsFileError(
                 f"[merchants.{mch_id}] keys must be a non-empty list of strings"
             )
+        _check_keys(mch_id, keys)
         allow = entry.get("allow_from", [])
         if not isinstance(allow, list):
             raise MerchantsFileError(f"[merchants.{mch_id}] allow_from must be a list of networks")
@@ -83,6 +86,16 @@ def parse_merchants(document: Mapping[str, Any]) -> Mapping[str, Merchant]:
             allow_from=networks,
         )
     return MappingProxyType(merchants)
+
+
+def _check_keys(mch_id: str, keys: list[str]) -> None:
+    for position, key in enumerate(keys, start=1):
+        # Named by position only: an error must never show a key.
+        if not key.strip() or key != key.strip() or has_control_characters(key):
+            raise MerchantsFileError(
+                f"[merchants.{mch_id}] key {position} is blank, has white space around it "
+                "or holds control characters"
+            )
 
 
 def load_merchants(path: Path) -> Mapping[str, Merchant]:

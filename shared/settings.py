@@ -43,6 +43,10 @@ class Settings:
     # Ingress
     kafka_ack_timeout: float = 5.0
     max_body_bytes: int = 8192
+    ingress_body_timeout: float = 5.0  # seconds to receive a whole body once headers are in
+    ingress_max_connections: int = 512  # open connections at once; more are answered 503
+    ingress_audit_rate: float = 10.0  # audit records per second per sender, on average
+    ingress_audit_burst: int = 50  # ... and at most this many at once
     # Platform client
     pay_type_paths: Mapping[int, str] = field(default_factory=lambda: MappingProxyType({}))
     answer_sign_includes_envelope: bool = False
@@ -84,6 +88,16 @@ class Settings:
             consumer_group=read.text("PAYNOTIFY_CONSUMER_GROUP", cls.consumer_group),
             kafka_ack_timeout=read.number("PAYNOTIFY_KAFKA_ACK_TIMEOUT", cls.kafka_ack_timeout),
             max_body_bytes=read.integer("PAYNOTIFY_MAX_BODY_BYTES", cls.max_body_bytes),
+            ingress_body_timeout=read.number(
+                "PAYNOTIFY_INGRESS_BODY_TIMEOUT_S", cls.ingress_body_timeout
+            ),
+            ingress_max_connections=read.integer(
+                "PAYNOTIFY_INGRESS_MAX_CONNECTIONS", cls.ingress_max_connections
+            ),
+            ingress_audit_rate=read.number("PAYNOTIFY_INGRESS_AUDIT_RATE", cls.ingress_audit_rate),
+            ingress_audit_burst=read.integer(
+                "PAYNOTIFY_INGRESS_AUDIT_BURST", cls.ingress_audit_burst
+            ),
             pay_type_paths=read.pay_type_paths("PAYNOTIFY_PAY_TYPE_PATHS"),
             answer_sign_includes_envelope=read.flag(
                 "PAYNOTIFY_ANSWER_SIGN_INCLUDES_ENVELOPE", default=False

@@ -112,3 +112,22 @@ def test_an_error_never_shows_a_key(tmp_path: Path) -> None:
     with pytest.raises(MerchantsFileError) as info:
         load_merchants(path)
     assert "topsecretkey" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("document", "says"),
+    [
+        # Issue 10, hole 12: `a:b` + `c` and `a` + `b:c` would share the order key `a:b:c`.
+        ({"merchants": {"shop:1": {"keys": ["k1"]}}}, "':' is not allowed"),
+        ({"merchants": {"shop": {"keys": ["   "]}}}, "key 1 is blank"),
+        ({"merchants": {"shop": {"keys": ["k1", " k2"]}}}, "key 2 is blank"),
+        ({"merchants": {"shop": {"keys": ["k1\t"]}}}, "key 1 is blank"),
+        ({"merchants": {"shop": {"keys": ["k\x001"]}}}, "control characters"),
+    ],
+)
+def test_ambiguous_merchant_ids_and_blank_keys_are_refused(document: dict, says: str) -> None:
+    """Refused at load, and the message names the key by position, never by value."""
+    with pytest.raises(MerchantsFileError, match=says) as info:
+        parse_merchants(document)
+    assert "k2" not in str(info.value)
+    assert "k1" not in str(info.value)
