@@ -53,6 +53,7 @@ from shared.protocol.errors import (
     UnknownMerchant,
 )
 from shared.protocol.fields import FieldError
+from shared.protocol.models import ENVELOPE_FIELDS
 from shared.protocol.payment import PaymentReport, parse_payment_report
 from shared.protocol.signing import SignatureError, verify
 
@@ -189,6 +190,15 @@ class _Refused(Exception):  # noqa: N818 - a refusal, not an error of ours
         self.reason = reason
 
 
+def _report_fields(envelope: CallbackEnvelope) -> Mapping[str, str]:
+    """The report's fields of a verified envelope. A query answer's `code` and `msg` may be signed
+    (PAYNOTIFY_ANSWER_SIGN_INCLUDES_ENVELOPE), and are then forwarded with the report; they are
+    the answer's, not the report's."""
+    if envelope.source != "query":
+        return envelope.fields
+    return {k: v for k, v in envelope.fields.items() if k not in ENVELOPE_FIELDS}
+
+
 @dataclass
 class Reconciler:
     store: OutcomeStore
@@ -270,7 +280,7 @@ class Reconciler:
         except _Refused as exc:
             return await self._dead_letter(work, exc.reason, str(exc), None)
         try:
-            report = parse_payment_report(envelope.fields, self.pay_types)
+            report = parse_payment_report(_report_fields(envelope), self.pay_types)
         except FieldError as exc:
             return await self._dead_letter(work, "invalid_fields", str(exc), None)
         if not report.paid:

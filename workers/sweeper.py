@@ -135,6 +135,7 @@ class Sweeper:
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
         random: Callable[[], float] = random.random,
         name: str = "sweeper",
+        answer_sign_includes_envelope: bool = False,
     ) -> None:
         """`merchants`: the merchant ids the platform client has keys for; an order of any other
         merchant is not queried (it could only fail) and is given up after its hopeless tries.
@@ -151,6 +152,9 @@ class Sweeper:
         self._dlq_topic = dlq_topic
         self._merchants = merchants
         self._new_id = new_id
+        # What the platform's signature covers decides what the forwarded report keeps: the
+        # workers verify it again (PAYNOTIFY_ANSWER_SIGN_INCLUDES_ENVELOPE).
+        self._dropped = () if answer_sign_includes_envelope else ENVELOPE_FIELDS
         self._random = random
         self._pacer = Pacer(clock, limits.rate)
         self._rest = MerchantRest(schedule)
@@ -398,9 +402,9 @@ class Sweeper:
             await self._expire(record, decision)
 
     async def _forward(self, record: OrderRecord, answer: OrderQueryAnswer) -> None:
-        """The answer's signed fields (as the report was parsed from them) enter the normal path."""
+        """The answer's signed fields (every field its signature covers) enter the normal path."""
         envelope = CallbackEnvelope(
-            fields={k: v for k, v in answer.raw.items() if k not in ENVELOPE_FIELDS},
+            fields={k: v for k, v in answer.raw.items() if k not in self._dropped},
             key_id=answer.key_id,
             received_at=self._clock.time(),
             peer=None,

@@ -85,6 +85,7 @@ def build_sweeper(
         dlq_topic=dlq_topic or settings.topics.dlq,
         merchants=merchants,
         name=name,
+        answer_sign_includes_envelope=settings.answer_sign_includes_envelope,
     )
 
 

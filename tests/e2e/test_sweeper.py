@@ -498,3 +498,58 @@ async def test_paid_orders_settle_beside_a_flood_of_orders_that_cannot_be(  # no
     # The workers query too (and, in a group of their own, re-read earlier tests' callbacks):
     # the sweeper's own count above is the one that says no query went to the flood.
     assert set(names) <= set(await sandbox.queries())
+
+
+async def test_answers_signed_over_code_and_msg_settle_through_the_sweeper(
+    settings: Settings,
+    redis: Redis,
+    merchants: Mapping[str, Merchant],
+    mch_id: str,
+) -> None:
+    """With PAYNOTIFY_ANSWER_SIGN_INCLUDES_ENVELOPE (the platform signs `code` and `msg` too),
+    the sweeper forwards what the signature covers, so the workers' check of the envelope holds:
+    every paid order settles. Before, `code`/`msg` were stripped and every forwarded report was
+    dead-lettered as `bad_signature`, so an order whose notifications were lost was never
+    credited."""
+    config = SandboxConfig(
+        time_scale=TIME_SCALE, delivery_timeout=2.0, answer_sign_includes_envelope=True
+    )
+    app = build_app(config, merchants, clock=SystemClock(), rng=random.Random(13))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    signed_over = replace(
+        settings, platform_url=f"http://{host}:{port}/", answer_sign_includes_envelope=True
+    )
+    async with aiohttp.ClientSession() as session:
+        sandbox = Sandbox(f"http://{host}:{port}", session)
+        await ensure_topics(signed_over)
+        names = _names("envsigned", 5)
+        await sandbox.create(mch_id, names, {"pay_after": 0, "drop_attempts": 9})
+        await _record(signed_over, redis, mch_id, names)
+        subjects = {f"{mch_id}:{n}" for n in names}
+        stop = asyncio.Event()
+        worker = asyncio.create_task(run_worker(signed_over, stop))
+        producer = await start_producer(signed_over)
+        platform = _client(signed_over, merchants)
+        sweeper = build_sweeper(signed_over, redis, platform, producer, clock=SystemClock())
+        sweeping = asyncio.create_task(sweeper.run())
+        try:
+            events = await _events(
+                signed_over.kafka_bootstrap_servers,
+                topics.EVENTS,
+                subjects,
+                lambda found: {e["subject"] for e in found} >= subjects,
+            )
+            assert {e["type"] for e in events} == {"paynotify.payment.succeeded"}
+            assert {e["subject"] for e in events} == subjects
+        finally:
+            await sweeper.stop()
+            stop.set()
+            async with asyncio.timeout(60):
+                await asyncio.gather(sweeping, worker)
+            await platform.close()
+            await producer.stop()
+    await runner.cleanup()
