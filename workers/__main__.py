@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer
 
-from shared.adapters.kafka import start_producer
+from shared.adapters.kafka import start_producer, start_when_available
 from shared.adapters.order_book import OrderBook
 from shared.adapters.outcomes import OutcomeStore
 from shared.adapters.redis_client import connect_redis
@@ -97,7 +97,16 @@ async def run_worker(settings: Settings, stop: asyncio.Event, clock: Clock | Non
     redis = connect_redis(
         settings.redis_url, max_connections=settings.worker_concurrency + REDIS_HEADROOM
     )
-    producer = await start_producer(settings, client_id="paynotify-worker")
+    # A broker that is away at start-up is waited for, never a reason to exit.
+    producer = await start_when_available(
+        lambda: start_producer(settings, client_id="paynotify-worker"),
+        stop=stop,
+        clock=clock,
+        log=log,
+    )
+    if producer is None:  # stopped before Kafka answered
+        await redis.aclose()
+        return
     # The workers retry durably themselves (the retry set), so the client does not retry.
     platform = PlatformClient.without_retries(
         settings, merchants, clock=clock, limit=settings.worker_concurrency
@@ -150,7 +159,11 @@ async def run_worker(settings: Settings, stop: asyncio.Event, clock: Clock | Non
     )
     try:
         callbacks.subscribe()
-        await consumer.start()
+        started = await start_when_available(
+            lambda: _started(consumer), stop=stop, clock=clock, log=log
+        )
+        if started is None:
+            return  # stopped before the broker answered
         log.info(
             "worker_started", group=settings.consumer_group, concurrency=settings.worker_concurrency
         )
@@ -168,6 +181,11 @@ async def run_worker(settings: Settings, stop: asyncio.Event, clock: Clock | Non
         await producer.stop()
         await redis.aclose()
         log.info("worker_stopped", **stats)
+
+
+async def _started(consumer: AIOKafkaConsumer) -> bool:
+    await consumer.start()
+    return True
 
 
 async def _report(

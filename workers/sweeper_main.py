@@ -7,13 +7,11 @@ lease, the platform client and the producer.
 from __future__ import annotations
 
 import asyncio
-import random
 import sys
 from typing import TYPE_CHECKING
 
-from shared.adapters.kafka import start_producer
+from shared.adapters.kafka import start_producer, start_when_available
 from shared.adapters.order_book import OrderBook
-from shared.adapters.outages import KAFKA_OUTAGES
 from shared.adapters.redis_client import connect_redis
 from shared.adapters.redis_lock import Locks
 from shared.clock import Clock, SystemClock
@@ -21,7 +19,6 @@ from shared.domain.sweep import SweepSchedule
 from shared.logs import get_logger
 from shared.merchants import load_merchants
 from shared.platform.client import PlatformClient
-from shared.platform.retry import wait_out
 from shared.service import serve
 from workers.sweeper import Sweeper, SweeperLimits
 
@@ -127,29 +124,16 @@ async def run_sweeper(settings: Settings, stop: asyncio.Event, clock: Clock | No
         log.info("sweeper_stopped", **sweeper.stats)
 
 
-class _Stopped(Exception):  # noqa: N818 - a signal, not an error
-    """Raised out of a wait for a service when the process is asked to stop."""
-
-
 async def _start_producer(
     settings: Settings, stop: asyncio.Event, clock: Clock
 ) -> AIOKafkaProducer | None:
-    """The producer, once the broker answers: a sweeper started while Kafka is away waits for it
-    (saying so) instead of exiting. None when stopped meanwhile."""
-    log = get_logger("sweeper")
-
-    def waiting(exc: BaseException, pause: float) -> None:
-        log.warning("kafka_unavailable", error=type(exc).__name__, pause=round(pause, 3))
-        if stop.is_set():
-            raise _Stopped from exc
-
-    try:
-        return await wait_out(
-            lambda: start_producer(settings, client_id="paynotify-sweeper"),
-            errors=KAFKA_OUTAGES, clock=clock, random=random.random, on_retry=waiting,
-        )  # fmt: skip
-    except _Stopped:
-        return None
+    """The producer, once the broker answers (None when stopped meanwhile)."""
+    return await start_when_available(
+        lambda: start_producer(settings, client_id="paynotify-sweeper"),
+        stop=stop,
+        clock=clock,
+        log=get_logger("sweeper"),
+    )
 
 
 def main(args: argparse.Namespace | None = None) -> int:  # noqa: ARG001 - no flags yet

@@ -7,15 +7,26 @@ keys are UTF-8 text.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
+from shared.adapters.outages import KAFKA_OUTAGES
+from shared.platform.retry import wait_out
+
 if TYPE_CHECKING:
+    import asyncio
+    from collections.abc import Awaitable, Callable
+
+    from shared.clock import Clock
+    from shared.logs import BoundLogger
     from shared.settings import Settings
+
+_T = TypeVar("_T")
 
 # A few milliseconds of linger lets concurrent requests share one produce request without
 # adding noticeable latency to any of them.
@@ -66,6 +77,35 @@ async def start_admin(settings: Settings, **overrides: Any) -> AIOKafkaAdminClie
         await admin.close()
         raise
     return admin
+
+
+class _Stopped(Exception):  # noqa: N818 - a signal, not an error
+    """Raised out of a wait for the broker when the process is asked to stop."""
+
+
+async def start_when_available(
+    start: Callable[[], Awaitable[_T]],
+    *,
+    stop: asyncio.Event,
+    clock: Clock,
+    log: BoundLogger,
+    random: Callable[[], float] = random.random,
+) -> _T | None:
+    """`start()` once the broker answers. A process started while Kafka is away waits for it
+    (`kafka_unavailable` logged per try, capped jittered backoff) instead of exiting; None when
+    `stop` is set meanwhile (seen at the next try, within the backoff's cap)."""
+
+    def waiting(exc: BaseException, pause: float) -> None:
+        log.warning("kafka_unavailable", error=type(exc).__name__, pause=round(pause, 3))
+        if stop.is_set():
+            raise _Stopped from exc
+
+    try:
+        return await wait_out(
+            start, errors=KAFKA_OUTAGES, clock=clock, random=random, on_retry=waiting
+        )
+    except _Stopped:
+        return None
 
 
 SOURCE_NOTIFICATION: Final = "notification"  # posted by the platform to the ingress

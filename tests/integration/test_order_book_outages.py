@@ -16,10 +16,11 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from redis import exceptions as redis_errors
 
-from shared.adapters.kafka import start_producer
+from shared.adapters.kafka import CallbackEnvelope, start_producer
 from shared.adapters.order_book import SWEEPER_LEASE_KEY, OrderBook
 from shared.adapters.redis_client import connect_redis
 from shared.adapters.redis_lock import Locks
+from shared.adapters.topics import ensure_topics
 from shared.clock import SystemClock
 from shared.domain.orders import OrderRecord
 from shared.domain.sweep import SweepSchedule
@@ -27,6 +28,7 @@ from shared.protocol.models import OrderQueryAnswer
 from shared.protocol.payment import PaymentReport, PaymentStatus, report_fields
 from shared.settings import Settings
 from shared.stack.local import LocalStack, free_port
+from workers.__main__ import run_worker
 from workers.orders_consumer import OrdersConsumer
 from workers.sweeper import Sweeper, SweeperLimits
 from workers.sweeper_main import run_sweeper
@@ -294,3 +296,72 @@ async def test_the_sweeper_started_while_kafka_is_away_waits_for_it(
 
 async def _leading(redis: Redis) -> bool:
     return bool(await redis.exists(SWEEPER_LEASE_KEY))
+
+
+async def test_the_worker_started_while_kafka_is_away_waits_for_it(
+    kafka_stack: LocalStack, own_redis: LocalStack, redis: Redis, merchants_file: Path
+) -> None:
+    """`paynotify worker` started its producer and consumer first thing, and with the broker
+    away that raised and the process exited. Now it waits for the broker (a stop meanwhile ends
+    it cleanly) and, once the broker is there, consumes: a forged envelope published then is
+    dead-lettered as `bad_signature`."""
+    settings = Settings(
+        kafka_bootstrap_servers=kafka_stack.bootstrap_servers, redis_url=own_redis.redis_url,
+        merchants_file=merchants_file, platform_url="http://127.0.0.1:9/",
+        consumer_group=f"late-{uuid.uuid4().hex[:8]}", topic_prefix=f"late{uuid.uuid4().hex[:6]}.",
+        topic_partitions=1,
+    )  # fmt: skip
+    await ensure_topics(settings)  # kept by the broker across its restart
+    await asyncio.to_thread(kafka_stack.stop_kafka)
+    try:
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_worker(settings, stop))
+        await asyncio.sleep(3)
+        assert not task.done()
+        stop.set()  # stopped while still waiting: returns, no error
+        async with asyncio.timeout(15):
+            await task
+
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_worker(settings, stop))
+        await asyncio.sleep(1)
+        await asyncio.to_thread(kafka_stack.start_kafka)
+        producer = await start_producer(settings)
+        try:
+            forged = CallbackEnvelope(
+                fields={"mch_id": "t9awtvk6dn", "mch_order": "late-1", "sign": "0" * 32},
+                key_id="sha256:forged", received_at=time.time(), peer=None,
+                delivery_id=uuid.uuid4().hex, source="notification",
+            )  # fmt: skip
+            await producer.send_and_wait(
+                settings.topics.callbacks, forged.encode(), key="t9awtvk6dn:late-1"
+            )
+            dead = await _first(settings, settings.topics.dlq)
+            assert dead["reason"] == "bad_signature"
+            assert not task.done()
+        finally:
+            await producer.stop()
+        stop.set()
+        async with asyncio.timeout(60):
+            await task
+    finally:
+        if not kafka_stack.status()["kafka"]:
+            await asyncio.to_thread(kafka_stack.start_kafka)
+
+
+async def _first(settings: Settings, topic: str) -> dict[str, object]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
+        auto_offset_reset="earliest",
+    )  # fmt: skip
+    await consumer.start()
+    try:
+        async with asyncio.timeout(60):
+            while True:
+                batches = await consumer.getmany(timeout_ms=500)
+                for records in batches.values():
+                    for record in records:
+                        found: dict[str, object] = orjson.loads(record.value)
+                        return found
+    finally:
+        await consumer.stop()
