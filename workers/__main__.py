@@ -175,7 +175,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event, clock: Clock | Non
             await orders.stop()
             await orders_task
     finally:
-        await runner.cancel()
+        still_running = await runner.cancel()
+        if still_running:
+            log.error("jobs_not_stopped", jobs=still_running)
         await consumer.stop()
         await platform.close()
         await producer.stop()

@@ -81,7 +81,14 @@ class KeyedRunner:
         """Return when no job is held (callers bound the wait with `asyncio.timeout`)."""
         await self._idle.wait()
 
-    async def cancel(self) -> None:
-        for task in list(self._tasks):
+    async def cancel(self, bound: float = 10.0) -> int:
+        """Cancel every job and wait for them, at most `bound` seconds: a cancel can be lost
+        inside a library's call (redis-py), and shutdown must not wait for such a job. Returns
+        how many were still running at the bound."""
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if not tasks:
+            return 0
+        _, pending = await asyncio.wait(tasks, timeout=bound)
+        return len(pending)

@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import uuid
 from collections import Counter
@@ -199,8 +198,10 @@ class Sweeper:
                 self._log.info("lease_given_up")
 
     async def _lead(self, token: str) -> None:
-        lost = asyncio.Event()
-        renewer = asyncio.create_task(self._renew(token, lost))
+        lost, leading_over = asyncio.Event(), asyncio.Event()
+        renewer = asyncio.create_task(
+            self._renew(token, lost, leading_over), name="sweeper-lease-renew"
+        )
         inflight: set[asyncio.Task[None]] = set()
         try:
             while not (self._stopping.is_set() or lost.is_set()):
@@ -217,9 +218,15 @@ class Sweeper:
                     task.result()  # `_sweep` handles every Exception; anything else is raised
         finally:
             await self._drain(inflight)
+            # The renewer stops by the flag as well as by cancel, and is awaited with a bound: a
+            # cancel that lands inside a Redis call can be lost (redis-py), and an unbounded
+            # await then kept the lease renewed, and the sweeper from stopping, for ever.
+            leading_over.set()
             renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            finished, _ = await asyncio.wait({renewer}, timeout=self._limits.lease_ttl)
+            if not finished:  # it ends at its next step, by the flag; nobody waits for it
+                self.stats["renewer_stuck"] += 1
+                self._log.error("lease_renewer_stuck")
 
     async def _drain(self, inflight: set[asyncio.Task[None]]) -> None:
         """Let the sweeps in flight finish within the grace; cancel the rest (their claims'
@@ -247,14 +254,16 @@ class Sweeper:
         self._claim_failures = 0
         return found
 
-    async def _renew(self, token: str, lost: asyncio.Event) -> None:
-        """Renew the lease every third of its TTL. A renewal that fails for an outage is tried
-        again at the next beat: the lease is ours until its TTL has run out since the last good
-        renewal, so a short Redis blip does not hand the work over."""
+    async def _renew(self, token: str, lost: asyncio.Event, done: asyncio.Event) -> None:
+        """Renew the lease every third of its TTL until `done`. A renewal that fails for an
+        outage is tried again at the next beat: the lease is ours until its TTL has run out
+        since the last good renewal, so a short Redis blip does not hand the work over."""
         ttl = self._limits.lease_ttl
         renewed = self._clock.monotonic()
-        while True:
-            await self._clock.sleep(ttl / 3)
+        while not done.is_set():
+            await self._pause(ttl / 3, done, wake_on_stop=False)
+            if done.is_set():
+                return
             try:
                 held = await self._locks.renew(SWEEPER_LEASE_KEY, token, int(ttl * 1000))
             except OUTAGES as exc:
@@ -292,9 +301,13 @@ class Sweeper:
         self.stats["outage_waits"] += 1
         self._log.warning("service_unavailable", error=type(exc).__name__, pause=round(pause, 3))
 
-    async def _pause(self, seconds: float, also: asyncio.Event | None = None) -> None:
-        """Sleep on the clock, waking early when stopping (or `also` is set)."""
-        events = [self._stopping] if also is None else [self._stopping, also]
+    async def _pause(
+        self, seconds: float, also: asyncio.Event | None = None, *, wake_on_stop: bool = True
+    ) -> None:
+        """Sleep on the clock, waking early when stopping (unless not asked to) or `also` is
+        set."""
+        events = [self._stopping] if wake_on_stop else []
+        events += [] if also is None else [also]
         waits: list[asyncio.Task[object]] = [asyncio.create_task(self._sleep(seconds))]
         waits += [asyncio.create_task(_wait(event)) for event in events]
         try:

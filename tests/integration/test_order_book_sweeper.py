@@ -5,6 +5,7 @@ stop or starve the sweep (issue 10, holes 1 and 11)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 import uuid
@@ -18,7 +19,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from shared.adapters.kafka import CallbackEnvelope, start_producer
-from shared.adapters.order_book import PENDING_KEY, OrderBook, order_record_key
+from shared.adapters.order_book import (
+    PENDING_KEY,
+    SWEEPER_LEASE_KEY,
+    OrderBook,
+    order_record_key,
+)
 from shared.adapters.redis_lock import Locks
 from shared.clock import SystemClock
 from shared.domain.orders import OrderRecord, OrderState
@@ -293,8 +299,11 @@ async def test_failed_queries_are_retried_and_never_expire_an_order(
 async def test_queries_respect_the_rate_and_the_concurrency(
     redis: Redis, producer: AIOKafkaProducer, topics: Topics
 ) -> None:
-    """A backlog of 30 due orders at 20 queries/s and 3 in flight: starts are spread at least
-    1/20 s apart and never more than 3 run at once."""
+    """A backlog of 30 due orders at 20 queries/s and 3 in flight: starts are spread out (no
+    second holds more than the rate, with one start's slack for a late wake-up) and never more
+    than 3 run at once. Single gaps are not asserted: the pacer spaces its slots exactly
+    (tests/unit/test_sweep.py), but a start that woke late on a loaded machine shortens the gap
+    to the next one (seen in CI at 33 ms for a 50 ms slot)."""
     names = [f"backlog-{i}" for i in range(30)]
     platform = ScriptedPlatform(dict.fromkeys(names, "unpaid"), delay=0.05)
     await _record(redis, names, created_at=int(time.time()) - 1)
@@ -306,8 +315,8 @@ async def test_queries_respect_the_rate_and_the_concurrency(
         await _stop((sweeper, task))
     starts = sorted(platform.starts)[: len(names)]
     assert platform.max_in_flight <= 3
-    gaps = [b - a for a, b in itertools.pairwise(starts)]
-    assert min(gaps) >= 1 / 20 - 0.01
+    busiest = max(sum(1 for t in starts if s <= t < s + 1.0) for s in starts)
+    assert busiest <= 20 + 1  # unpaced, 3 in flight at 50 ms each would start all 30 within 0.5 s
     assert starts[-1] - starts[0] >= (len(names) - 1) / 20 - 0.05
 
 
@@ -337,6 +346,36 @@ async def test_a_waiting_sweeper_takes_over_when_the_leader_dies(
     finally:
         await _stop((second, second_task))
     assert first.stats["queries"] == 0
+
+
+async def test_a_cancel_lost_in_a_lease_renewal_does_not_keep_the_sweeper_from_stopping(
+    redis: Redis, producer: AIOKafkaProducer, topics: Topics
+) -> None:
+    """A cancel that lands while the renewer sits in a Redis call can be lost (seen in CI: the
+    renewer, cancelled, went on renewing the lease every third of its TTL, and `stop()` waited
+    for it for ever). The renewer stops by a flag too, and is awaited with a bound."""
+    sweeper = _sweeper(redis, ScriptedPlatform({}), producer, topics, lease_ttl=3.0)
+    real_renew = sweeper._locks.renew
+    in_call = asyncio.Event()
+
+    async def renew_losing_the_cancel(key: str, token: str, ttl_ms: int) -> bool:
+        in_call.set()
+        with contextlib.suppress(asyncio.CancelledError):  # lost, as redis-py can lose it
+            await asyncio.sleep(0.5)  # the Redis call in which the cancel lands
+        return await real_renew(key, token, ttl_ms)
+
+    sweeper._locks.renew = renew_losing_the_cancel  # type: ignore[method-assign]
+    task = asyncio.create_task(sweeper.run())
+    async with asyncio.timeout(10):
+        await in_call.wait()  # the first renewal is in its call now
+    stopping = time.monotonic()
+    await sweeper.stop()
+    async with asyncio.timeout(20):
+        await task
+    # Bounded by the lease's TTL (3 s). Before, only the timeout's own cancel ended it, which
+    # the old code swallowed too: the await returned after 10 s as if nothing had happened.
+    assert time.monotonic() - stopping < 5.0
+    assert await redis.exists(SWEEPER_LEASE_KEY) == 0  # released on the way out
 
 
 async def _never(*_: object) -> bool:

@@ -107,3 +107,28 @@ async def test_the_watchdog_sees_a_job_older_than_its_bound() -> None:
     release.set()
     await runner.wait_idle()
     assert runner.overdue(0.0) == []
+
+
+async def test_cancel_is_bounded_when_a_job_loses_its_cancel() -> None:
+    """A job whose cancel is swallowed (as inside a redis-py call) no longer holds up shutdown:
+    `cancel` returns at its bound and says how many jobs still run."""
+    runner = KeyedRunner(4)
+    release = asyncio.Event()
+
+    async def deaf() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            await release.wait()  # the cancel is lost: it goes on until told otherwise
+
+    async def polite() -> None:
+        await asyncio.sleep(3600)
+
+    await runner.submit("m:deaf", deaf)
+    await runner.submit("m:polite", polite)
+    await asyncio.sleep(0.01)
+    async with asyncio.timeout(5):
+        assert await runner.cancel(bound=0.2) == 1
+    release.set()
+    async with asyncio.timeout(5):
+        assert await runner.cancel(bound=1.0) == 0
