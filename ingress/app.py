@@ -23,7 +23,6 @@ from ingress.audit_budget import AuditBudget
 from ingress.counters import IngressCounters
 from ingress.forms import parse_request
 from ingress.publisher import Publisher
-from ingress.readiness import KafkaReadiness
 from ingress.refusals import Reason, Refusal
 from ingress.verification import Verifier
 from shared.adapters.kafka import (
@@ -32,6 +31,7 @@ from shared.adapters.kafka import (
     start_admin,
     start_producer,
 )
+from shared.adapters.kafka_readiness import KafkaReadiness
 from shared.adapters.outages import KAFKA_OUTAGES
 from shared.clock import Clock, SystemClock
 from shared.logs import BoundLogger, get_logger

@@ -83,8 +83,23 @@ def _parser() -> argparse.ArgumentParser:
     ingress.add_argument("--host", default="127.0.0.1")
     ingress.add_argument("--port", type=int, default=8080)
 
-    sub.add_parser("worker", help="consume notifications, reconcile, publish events")
-    sub.add_parser("sweeper", help="query pending orders whose notifications never came")
+    for name, text in (
+        ("worker", "consume notifications, reconcile, publish events"),
+        ("sweeper", "query pending orders whose notifications never came"),
+    ):
+        cmd = sub.add_parser(name, help=text, description=f"{text.capitalize()}.")
+        cmd.add_argument(
+            "--metrics-port",
+            type=int,
+            metavar="PORT",
+            help="serve /healthz, /readyz and /metrics on PORT "
+            "(default: PAYNOTIFY_METRICS_PORT; 0 or unset: no listener)",
+        )
+        cmd.add_argument(
+            "--metrics-host",
+            metavar="HOST",
+            help="address of that listener (default: PAYNOTIFY_METRICS_HOST, else 127.0.0.1)",
+        )
 
     topics = sub.add_parser("topics", help="manage the project's Kafka topics")
     topics.add_argument("action", choices=("ensure",))

@@ -35,6 +35,9 @@ class Settings:
     order_records: Literal["required", "optional"] = "required"
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
+    # The worker's and the sweeper's /healthz, /readyz and /metrics listener; 0: none
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
     # Kafka topics
     topic_prefix: str = ""  # put before every topic name: deployments sharing a broker keep apart
     topic_partitions: int = 6
@@ -82,6 +85,8 @@ class Settings:
             log_format=read.choice(  # type: ignore[arg-type]
                 "PAYNOTIFY_LOG_FORMAT", cls.log_format, ("json", "console")
             ),
+            metrics_port=read.port("PAYNOTIFY_METRICS_PORT", cls.metrics_port),
+            metrics_host=read.text("PAYNOTIFY_METRICS_HOST", cls.metrics_host),
             topic_prefix=read.topic_prefix("PAYNOTIFY_TOPIC_PREFIX"),
             topic_partitions=read.integer("PAYNOTIFY_TOPIC_PARTITIONS", cls.topic_partitions),
             topic_replication=read.integer("PAYNOTIFY_TOPIC_REPLICATION", cls.topic_replication),
@@ -164,6 +169,12 @@ class _Reader:
             kind = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
             raise SettingsError(f"{name} must be {kind}")
         return int(raw)
+
+    def port(self, name: str, default: int) -> int:
+        port = self.integer(name, default, minimum=0)
+        if port > 65535:  # the TCP port range
+            raise SettingsError(f"{name} must be a TCP port (0-65535)")
+        return port
 
     def topic_prefix(self, name: str) -> str:
         raw = self._raw(name) or ""

@@ -13,10 +13,11 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer
+from prometheus_client import Gauge
 
 from shared.adapters.kafka import start_producer, start_when_available
 from shared.adapters.order_book import OrderBook
-from shared.adapters.outcomes import OutcomeStore
+from shared.adapters.outcomes import RETRY_KEY, OutcomeStore
 from shared.adapters.redis_client import connect_redis
 from shared.clock import Clock, SystemClock
 from shared.domain.decision import requery_schedule
@@ -24,6 +25,7 @@ from shared.domain.sweep import SweepSchedule
 from shared.logs import get_logger
 from shared.merchants import load_merchants
 from shared.platform.client import PlatformClient
+from shared.probes import StatsCollector, new_registry, process_probes
 from shared.protocol.catalog import PayTypeCatalog
 from shared.service import serve
 from workers.consumer import CLOUDEVENTS_HEADERS, CallbackConsumer, RetryPoller, TopicSink
@@ -92,25 +94,12 @@ def build_reconciler(
 
 async def run_worker(settings: Settings, stop: asyncio.Event, clock: Clock | None = None) -> None:
     clock = clock or SystemClock()
-    log = get_logger("worker")
     merchants = load_merchants(settings.require_merchants_file())
     redis = connect_redis(
         settings.redis_url, max_connections=settings.worker_concurrency + REDIS_HEADROOM
     )
-    # A broker that is away at start-up is waited for, never a reason to exit.
-    producer = await start_when_available(
-        lambda: start_producer(settings, client_id="paynotify-worker"),
-        stop=stop,
-        clock=clock,
-        log=log,
-    )
-    if producer is None:  # stopped before Kafka answered
-        await redis.aclose()
-        return
-    # The workers retry durably themselves (the retry set), so the client does not retry.
-    platform = PlatformClient.without_retries(
-        settings, merchants, clock=clock, limit=settings.worker_concurrency
-    )
+    stats: Counter[str] = Counter()
+    runner = KeyedRunner(settings.worker_concurrency)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=settings.consumer_group,
@@ -121,14 +110,47 @@ async def run_worker(settings: Settings, stop: asyncio.Event, clock: Clock | Non
         heartbeat_interval_ms=3_000,
         max_poll_interval_ms=300_000,
     )
-    stats: Counter[str] = Counter()
+    probes = WorkerProbes(settings, clock, redis, consumer, runner, stats)
+    try:
+        async with probes.serving():
+            await _run_worker(
+                settings, stop, clock, merchants, redis, consumer, runner, stats, probes
+            )
+    finally:
+        await redis.aclose()
+
+
+async def _run_worker(  # noqa: PLR0917 - the collaborators run_worker built
+    settings: Settings,
+    stop: asyncio.Event,
+    clock: Clock,
+    merchants: Mapping[str, Merchant],
+    redis: Redis,
+    consumer: AIOKafkaConsumer,
+    runner: KeyedRunner,
+    stats: Counter[str],
+    probes: WorkerProbes,
+) -> None:
+    log = get_logger("worker")
+    # A broker that is away at start-up is waited for, never a reason to exit.
+    producer = await start_when_available(
+        lambda: start_producer(settings, client_id="paynotify-worker"),
+        stop=stop,
+        clock=clock,
+        log=log,
+    )
+    if producer is None:  # stopped before Kafka answered
+        return
+    # The workers retry durably themselves (the retry set), so the client does not retry.
+    platform = PlatformClient.without_retries(
+        settings, merchants, clock=clock, limit=settings.worker_concurrency
+    )
     published: set[str] = set()
     reconciler = build_reconciler(
         settings, redis, producer, platform, merchants, clock=clock, published=published,
         stats=stats,
     )  # fmt: skip
     store = reconciler.store
-    runner = KeyedRunner(settings.worker_concurrency)
     callbacks = CallbackConsumer(
         consumer,
         settings.topics.callbacks,
@@ -164,6 +186,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, clock: Clock | Non
         )
         if started is None:
             return  # stopped before the broker answered
+        probes.started = True
         log.info(
             "worker_started", group=settings.consumer_group, concurrency=settings.worker_concurrency
         )
@@ -175,14 +198,85 @@ async def run_worker(settings: Settings, stop: asyncio.Event, clock: Clock | Non
             await orders.stop()
             await orders_task
     finally:
+        probes.started = False
         still_running = await runner.cancel()
         if still_running:
             log.error("jobs_not_stopped", jobs=still_running)
         await consumer.stop()
         await platform.close()
         await producer.stop()
-        await redis.aclose()
         log.info("worker_stopped", **stats)
+
+
+class WorkerProbes:
+    """The worker's /healthz, /readyz and /metrics (`PAYNOTIFY_METRICS_PORT`; none when 0).
+
+    Ready: consuming (started, not stopping), the brokers show the callbacks topic, Redis answers
+    a PING. Metrics: the worker's event counters, jobs held, consumer lag per partition, retries
+    scheduled and due, and what every process exports (shared.probes.new_registry)."""
+
+    def __init__(  # noqa: PLR0917 - what it reports on
+        self,
+        settings: Settings,
+        clock: Clock,
+        redis: Redis,
+        consumer: AIOKafkaConsumer,
+        runner: KeyedRunner,
+        stats: Counter[str],
+    ) -> None:
+        self.settings, self.clock, self.redis, self.consumer = settings, clock, redis, consumer
+        self.started = False
+        self.registry = new_registry("worker")
+        self.registry.register(
+            StatsCollector("worker", stats, "What the worker did, by event (as in worker_stats).")
+        )
+        Gauge(
+            "paynotify_worker_jobs_held",
+            "Messages taken from Kafka and not settled yet (running or queued behind their key).",
+            registry=self.registry,
+        ).set_function(lambda: runner.held)
+        self.lag = Gauge(
+            "paynotify_worker_consumer_lag",
+            "Messages on the partition after the worker's position (last known high watermark).",
+            ["topic", "partition"],
+            registry=self.registry,
+        )
+        self.retries = Gauge(
+            "paynotify_worker_retries",
+            "Messages in the durable retry set, all (scheduled) and due now (due).",
+            ["state"],
+            registry=self.registry,
+        )
+
+    def serving(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return process_probes(
+            self.settings,
+            self.clock,
+            self.redis,
+            name="worker",
+            running=self._consuming,
+            registry=self.registry,
+            refresh=self._refresh,
+        )
+
+    async def _consuming(self) -> tuple[bool, str]:
+        return (True, "ok") if self.started else (False, "not consuming (starting or stopping)")
+
+    async def _refresh(self) -> None:
+        self.lag.clear()
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            if high is None:
+                continue
+            with contextlib.suppress(Exception):  # no position yet (just assigned): no figure
+                position = await self.consumer.position(tp)
+                self.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - position))
+        try:
+            self.retries.labels("scheduled").set(await self.redis.zcard(RETRY_KEY))
+            due = await self.redis.zcount(RETRY_KEY, "-inf", self.clock.time())
+            self.retries.labels("due").set(due)
+        except Exception:
+            return
 
 
 async def _started(consumer: AIOKafkaConsumer) -> bool:
@@ -208,8 +302,8 @@ async def _report(
         log.info("worker_stats", **stats)
 
 
-def main(args: argparse.Namespace | None = None) -> int:  # noqa: ARG001 - no flags yet
-    return serve("worker", run_worker)
+def main(args: argparse.Namespace | None = None) -> int:
+    return serve("worker", run_worker, args)
 
 
 if __name__ == "__main__":

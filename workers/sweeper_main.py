@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections import Counter
 from typing import TYPE_CHECKING
 
+from prometheus_client import Gauge
+
 from shared.adapters.kafka import start_producer, start_when_available
-from shared.adapters.order_book import OrderBook
+from shared.adapters.order_book import PENDING_KEY, OrderBook
 from shared.adapters.redis_client import connect_redis
 from shared.adapters.redis_lock import Locks
 from shared.clock import Clock, SystemClock
@@ -19,16 +22,18 @@ from shared.domain.sweep import SweepSchedule
 from shared.logs import get_logger
 from shared.merchants import load_merchants
 from shared.platform.client import PlatformClient
+from shared.probes import StatsCollector, new_registry, process_probes
 from shared.service import serve
 from workers.sweeper import Sweeper, SweeperLimits
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Container
+    from collections.abc import Container, Mapping
 
     from aiokafka import AIOKafkaProducer
     from redis.asyncio import Redis
 
+    from shared.merchants import Merchant
     from shared.settings import Settings
     from workers.sweeper import OrderQuery, Publisher
 
@@ -88,14 +93,38 @@ def build_sweeper(
 
 async def run_sweeper(settings: Settings, stop: asyncio.Event, clock: Clock | None = None) -> None:
     clock = clock or SystemClock()
-    log = get_logger("sweeper")
     merchants = load_merchants(settings.require_merchants_file())
-    producer = await _start_producer(settings, stop, clock)
-    if producer is None:  # stopped before Kafka answered
-        return
     redis = connect_redis(
         settings.redis_url, max_connections=settings.sweep_concurrency + REDIS_HEADROOM
     )
+    probes = SweeperProbes(clock, redis)
+    try:
+        async with process_probes(
+            settings,
+            clock,
+            redis,
+            name="sweeper",
+            running=probes.running,
+            registry=probes.registry,
+            refresh=probes.refresh,
+        ):
+            await _run_sweeper(settings, stop, clock, merchants, redis, probes)
+    finally:
+        await redis.aclose()
+
+
+async def _run_sweeper(  # noqa: PLR0917 - the collaborators run_sweeper built
+    settings: Settings,
+    stop: asyncio.Event,
+    clock: Clock,
+    merchants: Mapping[str, Merchant],
+    redis: Redis,
+    probes: SweeperProbes,
+) -> None:
+    log = get_logger("sweeper")
+    producer = await _start_producer(settings, stop, clock)
+    if producer is None:  # stopped before Kafka answered
+        return
     # The schedule is the sweeper's retry; the client adds none of its own.
     platform = PlatformClient.without_retries(
         settings, merchants, clock=clock, limit=settings.sweep_concurrency
@@ -103,6 +132,7 @@ async def run_sweeper(settings: Settings, stop: asyncio.Event, clock: Clock | No
     sweeper = build_sweeper(
         settings, redis, platform, producer, clock=clock, merchants=frozenset(merchants)
     )
+    probes.sweeper = sweeper
     try:
         log.info(
             "sweeper_started",
@@ -115,13 +145,57 @@ async def run_sweeper(settings: Settings, stop: asyncio.Event, clock: Clock | No
         # A sweeper that fails ends the process (with its error) rather than idling unseen.
         await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
+        probes.sweeper = None
         await sweeper.stop()
         await task
     finally:
+        probes.sweeper = None
         await platform.close()
         await producer.stop()
-        await redis.aclose()
         log.info("sweeper_stopped", **sweeper.stats)
+
+
+class SweeperProbes:
+    """What the sweeper's /metrics and /readyz report (shared.probes.process_probes): its event
+    counters, whether this instance holds the lease, and the pending orders, all and overdue
+    (due before now: a growing figure means the sweep does not keep up). Ready: sweeping or
+    waiting for the lease, the brokers show the callbacks topic, Redis answers."""
+
+    def __init__(self, clock: Clock, redis: Redis) -> None:
+        self.clock, self.redis = clock, redis
+        self.sweeper: Sweeper | None = None
+        self.stats: Counter[str] = Counter()  # the sweeper's, once it runs
+        self.registry = new_registry("sweeper")
+        self.registry.register(
+            StatsCollector("sweeper", self.stats, "What the sweeper did, by event.")
+        )
+        Gauge(
+            "paynotify_sweeper_leading",
+            "1 while this instance holds the sweeper's lease (one instance sweeps at a time).",
+            registry=self.registry,
+        ).set_function(lambda: 1 if self.sweeper is not None and self.sweeper.leading else 0)
+        self.pending = Gauge(
+            "paynotify_sweeper_pending_orders",
+            "Orders in the sweeper's index, all (pending) and due before now (overdue).",
+            ["state"],
+            registry=self.registry,
+        )
+
+    async def running(self) -> tuple[bool, str]:
+        if self.sweeper is None:
+            return False, "not sweeping (starting or stopping)"
+        return True, "ok"
+
+    async def refresh(self) -> None:
+        if self.sweeper is not None:
+            self.stats.clear()
+            self.stats.update(self.sweeper.stats)
+        try:
+            self.pending.labels("pending").set(await self.redis.zcard(PENDING_KEY))
+            overdue = await self.redis.zcount(PENDING_KEY, "-inf", self.clock.time())
+            self.pending.labels("overdue").set(overdue)
+        except Exception:  # Redis away: the last figures stay; /readyz says why
+            return
 
 
 async def _start_producer(
@@ -136,8 +210,8 @@ async def _start_producer(
     )
 
 
-def main(args: argparse.Namespace | None = None) -> int:  # noqa: ARG001 - no flags yet
-    return serve("sweeper", run_sweeper)
+def main(args: argparse.Namespace | None = None) -> int:
+    return serve("sweeper", run_sweeper, args)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ import pytest
 from aiokafka.errors import KafkaConnectionError
 
 from ingress.counters import IngressCounters
-from ingress.readiness import KafkaReadiness, topic_state
 from ingress.refusals import Reason
+from shared.adapters.kafka_readiness import KafkaReadiness, topic_state
 from shared.clock import ManualClock
 
 pytestmark = pytest.mark.unit

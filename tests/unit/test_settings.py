@@ -37,6 +37,12 @@ def test_every_variable_is_read() -> None:
             "PAYNOTIFY_ANSWER_SIGN_INCLUDES_ENVELOPE": "true",
             "PAYNOTIFY_WORKER_CONCURRENCY": "64",
             "PAYNOTIFY_OUTCOME_TTL_DAYS": "7",
+            "PAYNOTIFY_INGRESS_BODY_TIMEOUT_S": "2.5",
+            "PAYNOTIFY_INGRESS_MAX_CONNECTIONS": "64",
+            "PAYNOTIFY_INGRESS_AUDIT_RATE": "0.5",
+            "PAYNOTIFY_INGRESS_AUDIT_BURST": "5",
+            "PAYNOTIFY_METRICS_PORT": "9464",
+            "PAYNOTIFY_METRICS_HOST": "0.0.0.0",  # noqa: S104 - only read, nothing binds here
         }
     )
     assert settings.kafka_bootstrap_servers == "k:1"
@@ -49,6 +55,10 @@ def test_every_variable_is_read() -> None:
     assert settings.answer_sign_includes_envelope is True
     assert settings.worker_concurrency == 64
     assert settings.outcome_ttl_days == 7
+    assert settings.ingress_body_timeout == 2.5
+    assert settings.ingress_max_connections == 64
+    assert (settings.ingress_audit_rate, settings.ingress_audit_burst) == (0.5, 5)
+    assert (settings.metrics_host, settings.metrics_port) == ("0.0.0.0", 9464)  # noqa: S104
 
 
 @pytest.mark.parametrize(
@@ -61,6 +71,10 @@ def test_every_variable_is_read() -> None:
         ("PAYNOTIFY_WORKER_CONCURRENCY", "-3"),
         ("PAYNOTIFY_PAY_TYPE_PATHS", "42:api"),
         ("PAYNOTIFY_ANSWER_SIGN_INCLUDES_ENVELOPE", "perhaps"),
+        ("PAYNOTIFY_INGRESS_BODY_TIMEOUT_S", "0"),
+        ("PAYNOTIFY_INGRESS_MAX_CONNECTIONS", "0"),
+        ("PAYNOTIFY_METRICS_PORT", "-1"),
+        ("PAYNOTIFY_METRICS_PORT", "65536"),
     ],
 )
 def test_a_malformed_value_names_its_variable(name: str, value: str) -> None:

@@ -1,9 +1,10 @@
-"""`/readyz`: can the ingress hand a notification to Kafka right now?
+"""Readiness against Kafka: can this process use its topic right now?
 
-Ready means a metadata request to the brokers answered within a bound and showed the callbacks
-topic with a leader for every partition. The answer is cached briefly, so probes from several
-load balancers cost one request. The producer's own cached metadata cannot tell this: it keeps
-the last partitions it saw while the broker is down.
+Ready means a metadata request to the brokers answered within a bound and showed the topic (the
+callbacks topic for the ingress, the worker and the sweeper) with a leader for every partition.
+The answer is cached briefly, so probes from several load balancers cost one request. A
+producer's own cached metadata cannot tell this: it keeps the last partitions it saw while the
+broker is down.
 """
 
 from __future__ import annotations
@@ -13,8 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka.errors import KafkaError
 
+from shared.adapters.kafka import start_admin
+
 if TYPE_CHECKING:
+    from aiokafka.admin import AIOKafkaAdminClient
+
     from shared.clock import Clock
+    from shared.settings import Settings
 
 
 class KafkaReadiness:
@@ -80,3 +86,33 @@ def topic_state(described: list[dict[str, Any]], topic: str) -> tuple[bool, str]
             return False, f"topic {topic} has partitions without a leader"
         return True, "ok"
     return False, f"topic {topic} does not exist (run `paynotify topics ensure`)"
+
+
+class KafkaCheck:
+    """`KafkaReadiness` for a process that has no admin client of its own (the worker, the
+    sweeper): the client is started on the first check, and again after a failed start, each
+    try bounded, so a broker that is away makes the check fail instead of the process."""
+
+    def __init__(self, settings: Settings, topic: str, clock: Clock, *, bound: float = 2.0) -> None:
+        self._settings = settings
+        self._topic = topic
+        self._clock = clock
+        self._bound = bound
+        self._admin: AIOKafkaAdminClient | None = None
+        self._readiness: KafkaReadiness | None = None
+
+    async def __call__(self) -> tuple[bool, str]:
+        if self._readiness is None:
+            try:
+                async with asyncio.timeout(self._bound):
+                    self._admin = await start_admin(self._settings, client_id="paynotify-readiness")
+            except (TimeoutError, OSError, KafkaError) as exc:
+                return False, f"kafka unreachable ({type(exc).__name__})"
+            self._readiness = KafkaReadiness(
+                self._admin, self._topic, self._clock, timeout=self._bound
+            )
+        return await self._readiness.check()
+
+    async def close(self) -> None:
+        if self._admin is not None:
+            await self._admin.close()
