@@ -51,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
     stack.add_argument("--state-dir", help="where data and logs live (default ~/.cache/paynotify)")
     stack.add_argument("--kafka-port", type=int, default=9092)
     stack.add_argument("--redis-port", type=int, default=6379)
+    stack.add_argument(
+        "--brokers",
+        type=int,
+        choices=(1, 3),
+        help="Kafka nodes: 1 (default), or 3 for a KRaft cluster with replication 3 and "
+        "min.insync.replicas 2 (down/status: as `up` made it)",
+    )
 
     for name, text in (
         ("sign", "print a form's signature"),

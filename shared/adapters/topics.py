@@ -8,12 +8,11 @@ grow by an operator's decision, since growing them moves keys between partitions
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from shared.settings import Settings
 
@@ -47,19 +46,40 @@ async def ensure_topics(settings: Settings, names: Iterable[str] | None = None) 
                 )
                 for name in missing
             ]
-            # Another process may create them first: the goal is met all the same.
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(new)
+            answer = await admin.create_topics(new)
+            _check_created(answer.topic_errors)
         return missing
     finally:
         await admin.close()
+
+
+class TopicsError(RuntimeError):
+    """The brokers refused to create a topic as configured; the message says which and why."""
+
+
+def _check_created(topic_errors: Iterable[tuple[Any, ...]]) -> None:
+    """The create answer's per-topic errors (the client returns them, it does not raise): a
+    replication factor above the brokers' count was refused while `ensure` said "created"."""
+    refused = []
+    for topic, code, *message in topic_errors:
+        # Another process may create a topic first: the goal is met all the same.
+        if code in {0, TopicAlreadyExistsError.errno}:
+            continue
+        why = for_code(code).__name__ + (f" ({message[0]})" if message and message[0] else "")
+        refused.append(f"{topic}: {why}")
+    if refused:
+        raise TopicsError("the brokers refused to create " + "; ".join(refused))
 
 
 def main(args: argparse.Namespace) -> int:
     if args.action != "ensure":  # pragma: no cover - argparse restricts the choices
         return 2
     settings = Settings.from_env()
-    created = asyncio.run(ensure_topics(settings))
+    try:
+        created = asyncio.run(ensure_topics(settings))
+    except TopicsError as exc:
+        print(f"topics: {exc}", file=sys.stderr)  # noqa: T201 - a command's output
+        return 1
     for name in settings.topics.all:
         state = "created" if name in created else "exists"
         print(f"{name}: {state}")  # noqa: T201 - a command's output

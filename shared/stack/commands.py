@@ -1,4 +1,5 @@
-"""`paynotify stack up|down|status`: exports go to stdout (for `eval`), progress to stderr."""
+"""`paynotify stack up|down|status [--brokers 3]`: exports go to stdout (for `eval`), progress to
+stderr. With three brokers the exports include `PAYNOTIFY_TOPIC_REPLICATION=3`."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shared.stack.local import LocalStack, StackError, default_state_dir
+from shared.stack.local import LocalStack, StackError, default_state_dir, stored_brokers
 
 if TYPE_CHECKING:
     import argparse
@@ -14,8 +15,15 @@ if TYPE_CHECKING:
 
 def main(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
-    stack = LocalStack(state_dir=state_dir, kafka_port=args.kafka_port, redis_port=args.redis_port)
+    # `down` and `status` find the cluster's size where `up` left it.
+    brokers = getattr(args, "brokers", None) or stored_brokers(state_dir) or 1
     try:
+        stack = LocalStack(
+            state_dir=state_dir,
+            kafka_port=args.kafka_port,
+            redis_port=args.redis_port,
+            brokers=brokers,
+        )
         if args.action == "up":
             stack.up()
             print(stack.exports(), end="")
