@@ -70,6 +70,7 @@ class Reply:
     pairs: tuple[Pair, ...] = ()  # a JSON object's members, in order (names may repeat)
     http_status: int = 200  # not 200: answer this status with a plain text body instead
     delay: float = 0.0  # real seconds to wait before answering
+    body: bytes | None = None  # answer these bytes as they are, instead of `pairs`
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +129,7 @@ class SandboxPlatform:
         self.chaos = Chaos()
         self.faults: deque[Fault] = deque()
         self.notifications: dict[int, NotificationStatus] = {}
+        self.payments: list[OrderKey] = []  # the ledger: every payment, in the order made
         self._by_order: dict[OrderKey, list[int]] = {}  # notification ids, repeats included
         self._attempts: list[DeliveryAttempt] = []
         self._attempts_by_notification: dict[int, list[DeliveryAttempt]] = {}
@@ -148,6 +150,8 @@ class SandboxPlatform:
             delay += self.chaos.query_latency
         if fault and fault.http_status is not None and fault.http_status != 200:
             reply = Reply(0, http_status=fault.http_status, delay=delay)
+        elif fault and fault.body is not None:
+            reply = Reply(0, body=fault.body.encode(), delay=delay)
         elif fault and fault.code is not None:
             reply = replace(_error(fault.code), delay=delay)
         elif endpoint == "query" and self._rng.random() < self.chaos.query_error_rate:
@@ -291,6 +295,7 @@ class SandboxPlatform:
         amount = paid_amt or order.scenario.paid_amt or order.mch_amt
         order = replace(order, status=PaymentStatus.PAID, amt=amount, success_at=now)
         self.orders[key] = order
+        self.payments.append(key)
         self.counters["paid"] += 1
         self._log.debug("order_paid", mch_id=order.mch_id, mch_order=order.mch_order)
         scenario = order.scenario
@@ -305,6 +310,7 @@ class SandboxPlatform:
                 scenario=Scenario(),
             )
             self.orders[upstream.key] = upstream
+            self.payments.append(upstream.key)
             self.counters["repeat_payments"] += 1
             self._notify(upstream, "repeat", Scenario(), origin_key=key)
         return order
@@ -432,6 +438,14 @@ class SandboxPlatform:
             return [a for a in chosen if a.seq > since][:limit]
         start = bisect.bisect_right(self._attempts, since, key=lambda a: a.seq)
         return self._attempts[start : start + limit]
+
+    def ledger(self, since: int, limit: int) -> list[dict[str, Any]]:
+        """Payments after the `since`-th one (1-based `seq`), as orders: what the platform
+        took from payers, repeat payments included, for checking what the merchant was told."""
+        found = []
+        for seq, key in enumerate(self.payments[since : since + limit], start=since + 1):
+            found.append({"seq": seq, **self.orders[key].to_json()})
+        return found
 
     def calls(self, since: int, limit: int) -> list[dict[str, Any]]:
         return [c for c in self._calls if c["seq"] > since][:limit]

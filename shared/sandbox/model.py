@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 NOTIFY_INTERVALS: tuple[float, ...] = (0, 5, 10, 15, 30, 180, 300, 600, 1800)
 NEVER = math.inf  # pay_after: the order is paid only when the control API says so
 ENDPOINTS = frozenset({"create", "confirm", "query"})
+MAX_FAULT_BODY = 4 * 1024 * 1024  # characters of a fault's answer body (past the client's limit)
 
 OrderKey = tuple[str, str]  # (mch_id, mch_order)
 DeliveryKind = Literal["notify", "duplicate", "repeat", "forged"]
@@ -178,10 +179,13 @@ class Fault:
     http_status: int | None = None  # answer this HTTP status with a text body, no JSON
     forge_sign: bool = False  # do the work, but sign the answer wrongly
     delay: float = 0.0  # real seconds to wait before answering (past a client timeout, say)
+    body: str | None = None  # answer HTTP 200 with this text as is: a malformed or hostile answer
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Fault:
-        _unknown(data, frozenset({"endpoint", "code", "http_status", "forge_sign", "delay"}))
+        _unknown(
+            data, frozenset({"endpoint", "code", "http_status", "forge_sign", "delay", "body"})
+        )
         endpoint = data.get("endpoint")
         if endpoint is not None and endpoint not in ENDPOINTS:
             raise ControlError(f"endpoint must be one of {', '.join(sorted(ENDPOINTS))}")
@@ -193,12 +197,16 @@ class Fault:
             isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599
         ):
             raise ControlError("http_status must be an HTTP status")
+        body = data.get("body")
+        if body is not None and (not isinstance(body, str) or len(body) > MAX_FAULT_BODY):
+            raise ControlError(f"body must be a string of at most {MAX_FAULT_BODY} characters")
         return cls(
             endpoint=endpoint,
             code=code,
             http_status=status,
             forge_sign=_flag(data, "forge_sign"),
             delay=_number(data, "delay", 0.0, upper=600),
+            body=body,
         )
 
 

@@ -57,6 +57,8 @@ def _parse_form(body: bytes) -> dict[str, str] | None:
 def _respond(reply: Reply) -> web.Response:
     if reply.http_status != 200:
         return web.Response(status=reply.http_status, text="sandbox: injected HTTP failure")
+    if reply.body is not None:
+        return web.Response(body=reply.body, content_type="application/json")
     return web.Response(body=encode_answer(reply.pairs), content_type="application/json")
 
 
@@ -263,6 +265,14 @@ async def get_calls(request: web.Request) -> web.Response:
     return web.json_response({"calls": found, "next": found[-1]["seq"] if found else since})
 
 
+async def get_payments(request: web.Request) -> web.Response:
+    """The ledger: every payment the platform took, in order, paged with `since=next`."""
+    platform = request.app[PLATFORM_KEY]
+    since = _int_query(request, "since", 0, 2**62)
+    found = platform.ledger(since, _int_query(request, "limit", 1000, MAX_PAGE))
+    return web.json_response({"payments": found, "next": found[-1]["seq"] if found else since})
+
+
 async def get_stats(request: web.Request) -> web.Response:
     platform = request.app[PLATFORM_KEY]
     stats = platform.stats()
@@ -338,6 +348,7 @@ def add_routes(app: web.Application, pay_types: PayTypeCatalog) -> None:
     router.add_get(f"{CONTROL}/deliveries", get_deliveries)
     router.add_get(f"{CONTROL}/calls", get_calls)
     router.add_get(f"{CONTROL}/stats", get_stats)
+    router.add_get(f"{CONTROL}/payments", get_payments)
     router.add_post(f"{CONTROL}/faults", post_faults)
     router.add_delete(f"{CONTROL}/faults", delete_faults)
     router.add_put(f"{CONTROL}/chaos", put_chaos)
