@@ -22,6 +22,7 @@ import aiohttp
 from redis.asyncio import Redis
 
 from shared.adapters.order_book import OrderBook
+from shared.adapters.outages import OUTAGES
 from shared.clock import SystemClock
 from shared.demo.isolation import (
     claim_database,
@@ -35,6 +36,7 @@ from shared.demo.plan import PAID_AFTER, PlannedOrder, plan_orders
 from shared.demo.report import Observed, SeenEvent
 from shared.merchants import load_merchants
 from shared.platform.client import ClientConfig, PlatformClient
+from shared.platform.retry import OUTAGE_BACKOFF
 from shared.protocol.catalog import PayTypeCatalog
 from shared.protocol.errors import PlatformError
 from shared.protocol.models import CreateOrderRequest
@@ -64,6 +66,10 @@ class DemoConfig:
     settle_timeout: float = 60.0  # real seconds to wait for outcomes after the last order
     create_concurrency: int = 32
     seed: int = 1
+    # Real seconds a creation is tried again while Redis (the order book) or the network is
+    # away, as a merchant's system would; 0: the first failure ends the run. The chaos run
+    # (tests/chaos) creates orders through Redis outages.
+    create_patience: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -99,28 +105,16 @@ def run_demo(
     """Run the demo; stops every process it started before it returns or raises."""
     merchant = pick_merchant(load_merchants(merchants_file))
     redis_url = asyncio.run(claim_database(services.redis_url, run_id))
-    group = f"paynotify-demo-{run_id}"
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": services.kafka_bootstrap,
-        "REDIS_URL": redis_url,
-        "PAYNOTIFY_MERCHANTS_FILE": str(merchants_file),
-        "PAYNOTIFY_TIME_SCALE": repr(config.time_scale),
-        "PAYNOTIFY_CONSUMER_GROUP": group,
-        # Topics of the run's own: runs sharing a broker never see each other's messages (two
-        # runs on one callbacks topic but different Redis databases decided payments twice).
-        "PAYNOTIFY_TOPIC_PREFIX": f"demo-{run_id}.",
-        "PAYNOTIFY_ORDER_EXPIRY": repr(config.expiry / config.time_scale),
-        "PAYNOTIFY_ORDER_RECORDS": "required",  # whatever the shell says: the checks assume it
-        # Compressed time packs a day of sweeping into a minute: let the sweeper keep up.
-        "PAYNOTIFY_SWEEP_RATE": "200",
-    }
+    env = run_env(
+        config, Services(services.kafka_bootstrap, redis_url), merchants_file, run_id, "demo"
+    )
     pipeline = Pipeline(state_dir=state_dir, env=env)
     result = RunResult(Observed(run_id=run_id, orders=[]), database_of(redis_url))
     out.write(f"demo {run_id}: logs and state in {state_dir}\n")
     try:
         pipeline.ensure_topics()
         billing_state = state_dir / "billing-state.json"
-        asyncio.run(_start_at_end(Settings.from_env(env), billing_state))
+        asyncio.run(start_at_end(Settings.from_env(env), billing_state))
         # Orders pay themselves shortly after creation, unless their scenario says "never".
         pipeline.start_sandbox("--seed", str(config.seed), "--pay-after", repr(PAID_AFTER))
         pipeline.start_ingress()
@@ -130,7 +124,7 @@ def run_demo(
         result.processes = {p.name: p.pid for p in pipeline.processes if p.pid is not None}
         out.write(f"started: {', '.join(result.processes)}\n")
         settings = Settings.from_env({**os.environ, **pipeline.env})
-        run = _Run(config, settings, pipeline, merchant, billing_state, run_id, out)
+        run = DemoRun(config, settings, pipeline, merchant, billing_state, run_id, out)
         result.observed = asyncio.run(run.drive())
     finally:
         # A second Ctrl-C must not leave processes behind half-stopped.
@@ -145,7 +139,28 @@ def run_demo(
     return result
 
 
-async def _start_at_end(settings: Settings, billing_state: Path) -> None:
+def run_env(
+    config: DemoConfig, services: Services, merchants_file: Path, run_id: str, kind: str
+) -> dict[str, str]:
+    """The environment of a run's processes: its own topics (`<kind>-<run id>.`) and consumer
+    group, the time scale, and the order expiry in real seconds."""
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": services.kafka_bootstrap,
+        "REDIS_URL": services.redis_url,
+        "PAYNOTIFY_MERCHANTS_FILE": str(merchants_file),
+        "PAYNOTIFY_TIME_SCALE": repr(config.time_scale),
+        "PAYNOTIFY_CONSUMER_GROUP": f"paynotify-{kind}-{run_id}",
+        # Topics of the run's own: runs sharing a broker never see each other's messages (two
+        # runs on one callbacks topic but different Redis databases decided payments twice).
+        "PAYNOTIFY_TOPIC_PREFIX": f"{kind}-{run_id}.",
+        "PAYNOTIFY_ORDER_EXPIRY": repr(config.expiry / config.time_scale),
+        "PAYNOTIFY_ORDER_RECORDS": "required",  # whatever the shell says: the checks assume it
+        # Compressed time packs a day of sweeping into a minute: let the sweeper keep up.
+        "PAYNOTIFY_SWEEP_RATE": "200",
+    }
+
+
+async def start_at_end(settings: Settings, billing_state: Path) -> None:
     """The run's consumer groups and its billing consumer start after every older record."""
     from examples.billing_consumer import BillingState  # noqa: PLC0415 - a repo example
 
@@ -156,8 +171,10 @@ async def _start_at_end(settings: Settings, billing_state: Path) -> None:
     BillingState(offsets=await end_offsets(bootstrap, names.events)).save(billing_state)
 
 
-class _Run:
-    """The asynchronous part of a run, inside one event loop."""
+class DemoRun:
+    """The asynchronous part of a run, inside one event loop: orders created and paid, outcomes
+    counted. The chaos run (tests/chaos) extends it: `alongside` runs its faults while orders
+    are created, and its `settle` waits on the sandbox's ledger instead of the plan."""
 
     def __init__(  # noqa: PLR0917
         self,
@@ -206,10 +223,15 @@ class _Run:
                 random=self.rng.random,
                 limit=self.config.create_concurrency,
             )
+            companion = asyncio.create_task(self.alongside(session, sandbox))
             try:
                 await self._create_all(client, book, sandbox, clock)
-                await self._settle(sandbox)
+                await self.settle(sandbox)
             finally:
+                if not companion.done():
+                    companion.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await companion  # its failure is the run's
                 self.seen.finished = clock.time()
                 self.progress.done()
                 await client.close()
@@ -223,6 +245,10 @@ class _Run:
                 self.seen.outcome_counts = dict(state.counts)
                 self.seen.duplicates_dropped = state.duplicates
         return self.seen
+
+    async def alongside(self, session: aiohttp.ClientSession, sandbox: SandboxControl) -> None:
+        """Runs from the first order until `settle` returns (then it is cancelled): nothing
+        here; the chaos run injects its faults."""
 
     def _interrupt(self) -> None:
         self.seen.interrupted = True
@@ -272,16 +298,28 @@ class _Run:
         if scenario is not None:
             await sandbox.set_scenario(self.merchant.mch_id, order.mch_order, scenario)
         request = _request(order, self.merchant.mch_id, self.pipeline.notify_url, clock)
-        try:
-            await client.create_order(request, recorder=book)
-        except PlatformError as exc:
-            self.seen.create_failures[exc.reason] += 1
-        else:
-            self.seen.created.add(order.mch_order)
+        patience = clock.monotonic() + self.config.create_patience
+        tries = 0
+        while True:
+            try:
+                await client.create_order(request, recorder=book)
+            except PlatformError as exc:
+                self.seen.create_failures[exc.reason] += 1
+            except OUTAGES:
+                # Redis away: try the same request again (recording it again changes nothing,
+                # and the platform answers an order it has again), as a shop's system would.
+                if clock.monotonic() >= patience or self.stop.is_set():
+                    raise
+                await clock.sleep(OUTAGE_BACKOFF.backoff(tries, self.rng.random))
+                tries += 1
+                continue
+            else:
+                self.seen.created.add(order.mch_order)
+            return
 
     # --- waiting for the outcomes -------------------------------------------------------------
 
-    async def _settle(self, sandbox: SandboxControl) -> None:
+    async def settle(self, sandbox: SandboxControl) -> None:
         """Until every created order has its outcome (unpaid ones expire), or time runs out."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.settle_timeout

@@ -28,12 +28,38 @@ class SandboxControl:
                 raise ControlError(f"{method} /_sandbox/{path}: {response.status} {body}")
             return body
 
-    async def set_chaos(self, *, query_latency: float, query_error_rate: float) -> None:
+    async def set_chaos(
+        self, *, query_latency: float, query_error_rate: float, query_error_code: int = 113
+    ) -> None:
         await self._call(
             "PUT",
             "chaos",
-            json={"query_latency": query_latency, "query_error_rate": query_error_rate},
+            json={
+                "query_latency": query_latency,
+                "query_error_rate": query_error_rate,
+                "query_error_code": query_error_code,
+            },
         )
+
+    async def queue_faults(self, faults: list[dict[str, Any]]) -> int:
+        """One-shot disturbances of the next platform calls; returns how many are queued."""
+        answer = await self._call("POST", "faults", json={"faults": faults})
+        return int(answer["queued"])
+
+    async def clear_faults(self) -> None:
+        await self._call("DELETE", "faults")
+
+    async def forge(self, mch_id: str, mch_order: str, changes: dict[str, str]) -> None:
+        """One notification for the order, `changes` applied, signed with a wrong key."""
+        await self._call(
+            "POST", "forge", json={"mch_id": mch_id, "mch_order": mch_order, "changes": changes}
+        )
+
+    async def payments(self, since: int, limit: int = 1000) -> tuple[list[dict[str, Any]], int]:
+        """One page of the ledger (every payment taken, in order) after `since`, and where the
+        next page starts."""
+        page = await self._call("GET", "payments", params={"since": since, "limit": limit})
+        return page["payments"], int(page["next"])
 
     async def set_scenario(self, mch_id: str, mch_order: str, scenario: dict[str, Any]) -> None:
         await self._call(
