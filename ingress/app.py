@@ -31,7 +31,7 @@ from shared.adapters.kafka import (
     start_admin,
     start_producer,
 )
-from shared.adapters.kafka_readiness import KafkaReadiness
+from shared.adapters.kafka_readiness import KafkaReadiness, TopicSpec
 from shared.adapters.outages import KAFKA_OUTAGES
 from shared.clock import Clock, SystemClock
 from shared.logs import BoundLogger, get_logger
@@ -56,6 +56,7 @@ SERVER_HEADER = "paynotify"  # no product versions for a scanner to match agains
 _KAFKA_START_TRY = 30.0  # bound on one attempt to start the Kafka clients
 _KAFKA_FIRST_WAIT = 10.0  # start-up waits this long for Kafka before serving without it
 _KAFKA_STOP_BOUND = 30.0  # bound on stopping the clients (a flush waits for the broker)
+_READINESS_BOUND = 2.0  # bound on one metadata request of the readiness check
 _AUDIT_TEXT = 64  # characters kept of any sender-chosen text in an audit record
 _AUDIT_NAMES = 40  # field names kept in an audit record
 
@@ -282,7 +283,33 @@ async def _start_kafka(ingress: Ingress) -> tuple[AIOKafkaProducer, AIOKafkaAdmi
         # Not an outage (a configuration the client refuses): say so; /readyz stays false.
         ingress.log.exception("ingress_kafka_start_failed")
         raise
+    try:
+        return await _when_topics_ready(ingress, producer, admin)
+    except BaseException:  # cancelled (shutdown) while waiting: the clients are ours to close
+        async with asyncio.timeout(_KAFKA_STOP_BOUND):
+            await producer.stop()
+            await admin.close()
+        raise
+
+
+async def _when_topics_ready(
+    ingress: Ingress, producer: AIOKafkaProducer, admin: AIOKafkaAdminClient
+) -> tuple[AIOKafkaProducer, AIOKafkaAdminClient, Publisher]:
+    settings = ingress.settings
     names = settings.topics
+    readiness = KafkaReadiness(
+        admin,
+        TopicSpec.of(settings, (names.callbacks, names.rejected)),
+        ingress.clock,
+        timeout=_READINESS_BOUND,
+    )
+    ingress.readiness = readiness  # /readyz says what is missing while we wait below
+    # No request for a topic before it exists as configured: that could auto-create it.
+    pause = 0.5
+    while not (state := await readiness.check())[0]:
+        ingress.log.warning("topics_not_ready", why=state[1], retry_in=pause)
+        await ingress.clock.sleep(pause)
+        pause = min(pause * 2, 5.0)
     await _learn_partitions(
         producer, (names.callbacks, names.rejected), settings.kafka_ack_timeout, ingress.log
     )
@@ -294,9 +321,6 @@ async def _start_kafka(ingress: Ingress) -> tuple[AIOKafkaProducer, AIOKafkaAdmi
         log=ingress.log,
     )
     ingress.publisher = publisher
-    ingress.readiness = KafkaReadiness(
-        admin, names.callbacks, ingress.clock, timeout=min(settings.kafka_ack_timeout, 2.0)
-    )
     ingress.log.info("ingress_started", kafka=settings.kafka_bootstrap_servers)
     return producer, admin, publisher
 

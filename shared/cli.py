@@ -110,6 +110,11 @@ def _parser() -> argparse.ArgumentParser:
 
     topics = sub.add_parser("topics", help="manage the project's Kafka topics")
     topics.add_argument("action", choices=("ensure",))
+    topics.add_argument(
+        "--fix",
+        action="store_true",
+        help="raise the partitions of a topic that has fewer than configured (never lowers)",
+    )
     return parser
 
 

@@ -26,8 +26,6 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-from shared.adapters.kafka_readiness import KafkaCheck
-
 if TYPE_CHECKING:
     from collections import Counter as CounterType
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -35,6 +33,7 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
     from redis.asyncio import Redis
 
+    from shared.adapters.kafka_readiness import KafkaCheck
     from shared.clock import Clock
     from shared.settings import Settings
 
@@ -167,6 +166,7 @@ async def process_probes(
     clock: Clock,
     redis: Redis,
     *,
+    kafka: KafkaCheck,
     name: str,
     running: Callable[[], Awaitable[tuple[bool, str]]],
     registry: CollectorRegistry,
@@ -174,24 +174,20 @@ async def process_probes(
 ) -> AsyncIterator[None]:
     """The worker's or the sweeper's listener on `PAYNOTIFY_METRICS_PORT` (nothing when 0):
     ready when the process says it runs (`running`, reported under `name`), the brokers show
-    the callbacks topic and Redis answers."""
+    its topics as configured (`kafka`, the caller's to close) and Redis answers."""
     if not settings.metrics_port:
         yield
         return
-    kafka = KafkaCheck(settings, settings.topics.callbacks, clock)
     checks: dict[str, Callable[[], Awaitable[tuple[bool, str]]]] = {
         name: running,
         "kafka": kafka,
         "redis": Cached(redis_check(redis), clock),
     }
-    try:
-        async with probe_server(
-            settings.metrics_host,
-            settings.metrics_port,
-            registry=registry,
-            checks=checks,
-            refresh=refresh,
-        ):
-            yield
-    finally:
-        await kafka.close()
+    async with probe_server(
+        settings.metrics_host,
+        settings.metrics_port,
+        registry=registry,
+        checks=checks,
+        refresh=refresh,
+    ):
+        yield

@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer
 from prometheus_client import Gauge
 
 from shared.adapters.kafka import start_producer, start_when_available
+from shared.adapters.kafka_readiness import KafkaCheck, TopicSpec, wait_for_topics
 from shared.adapters.order_book import OrderBook
 from shared.adapters.outcomes import RETRY_KEY, OutcomeStore
 from shared.adapters.redis_client import connect_redis
@@ -110,13 +111,22 @@ async def run_worker(settings: Settings, stop: asyncio.Event, clock: Clock | Non
         heartbeat_interval_ms=3_000,
         max_poll_interval_ms=300_000,
     )
+    names = settings.topics
+    kafka = KafkaCheck(
+        settings, TopicSpec.of(settings, (names.callbacks, names.events, names.dlq, names.orders)),
+        clock,
+    )  # fmt: skip
     probes = WorkerProbes(settings, clock, redis, consumer, runner, stats)
     try:
-        async with probes.serving():
+        async with probes.serving(kafka):
+            if not await wait_for_topics(kafka, stop=stop, clock=clock, log=get_logger("worker")):
+                return  # stopped before the topics were there
             await _run_worker(
                 settings, stop, clock, merchants, redis, consumer, runner, stats, probes
             )
     finally:
+        await consumer.stop()  # a second stop is nothing; a never-started consumer is closed
+        await kafka.close()
         await redis.aclose()
 
 
@@ -248,11 +258,12 @@ class WorkerProbes:
             registry=self.registry,
         )
 
-    def serving(self) -> contextlib.AbstractAsyncContextManager[None]:
+    def serving(self, kafka: KafkaCheck) -> contextlib.AbstractAsyncContextManager[None]:
         return process_probes(
             self.settings,
             self.clock,
             self.redis,
+            kafka=kafka,
             name="worker",
             running=self._consuming,
             registry=self.registry,

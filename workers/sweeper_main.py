@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import Gauge
 
 from shared.adapters.kafka import start_producer, start_when_available
+from shared.adapters.kafka_readiness import KafkaCheck, TopicSpec, wait_for_topics
 from shared.adapters.order_book import PENDING_KEY, OrderBook
 from shared.adapters.redis_client import connect_redis
 from shared.adapters.redis_lock import Locks
@@ -98,18 +99,26 @@ async def run_sweeper(settings: Settings, stop: asyncio.Event, clock: Clock | No
         settings.redis_url, max_connections=settings.sweep_concurrency + REDIS_HEADROOM
     )
     probes = SweeperProbes(clock, redis)
+    names = settings.topics
+    kafka = KafkaCheck(
+        settings, TopicSpec.of(settings, (names.callbacks, names.events, names.dlq)), clock
+    )
     try:
         async with process_probes(
             settings,
             clock,
             redis,
+            kafka=kafka,
             name="sweeper",
             running=probes.running,
             registry=probes.registry,
             refresh=probes.refresh,
         ):
+            if not await wait_for_topics(kafka, stop=stop, clock=clock, log=get_logger("sweeper")):
+                return  # stopped before the topics were there
             await _run_sweeper(settings, stop, clock, merchants, redis, probes)
     finally:
+        await kafka.close()
         await redis.aclose()
 
 

@@ -1,15 +1,19 @@
-"""Readiness against Kafka: can this process use its topic right now?
+"""Readiness against Kafka: can this process use its topics right now, as configured?
 
-Ready means a metadata request to the brokers answered within a bound and showed the topic (the
-callbacks topic for the ingress, the worker and the sweeper) with a leader for every partition.
-The answer is cached briefly, so probes from several load balancers cost one request. A
-producer's own cached metadata cannot tell this: it keeps the last partitions it saw while the
-broker is down.
+Ready means a metadata request to the brokers answered within a bound and showed each of the
+process's topics with at least the configured partitions and replicas and a leader for every
+partition. The request asks for all topics: naming one would let a broker with
+`auto.create.topics.enable` create it with its own defaults (one partition), which is how an
+ingress started before `topics ensure` once left a deployment with one callbacks partition. No
+process touches its topics (subscribes, produces) before they are ready (`wait_for_topics`).
+The answer is cached briefly, so probes from several load balancers cost one request; a
+producer's own cached metadata cannot tell this, as it keeps the last partitions it saw.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiokafka.errors import KafkaError
@@ -17,10 +21,29 @@ from aiokafka.errors import KafkaError
 from shared.adapters.kafka import start_admin
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from aiokafka.admin import AIOKafkaAdminClient
 
     from shared.clock import Clock
+    from shared.logs import BoundLogger
     from shared.settings import Settings
+
+_WAIT_CAP = 5.0  # seconds between looks at topics that are not ready yet
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """The topics a process uses, and what it needs of each (at least)."""
+
+    names: tuple[str, ...]
+    partitions: int = 1
+    replication: int = 1
+
+    @classmethod
+    def of(cls, settings: Settings, names: Iterable[str]) -> TopicSpec:
+        """As `paynotify topics ensure` creates them (PAYNOTIFY_TOPIC_PARTITIONS/_REPLICATION)."""
+        return cls(tuple(names), settings.topic_partitions, settings.topic_replication)
 
 
 class KafkaReadiness:
@@ -30,22 +53,22 @@ class KafkaReadiness:
         "_checked_at",
         "_clock",
         "_lock",
+        "_spec",
         "_timeout",
-        "_topic",
         "_ttl",
     )
 
     def __init__(
         self,
         admin: Any,  # AIOKafkaAdminClient from shared.adapters.kafka.start_admin
-        topic: str,
+        spec: TopicSpec,
         clock: Clock,
         *,
         timeout: float,
         ttl: float = 1.0,
     ) -> None:
         self._admin = admin
-        self._topic = topic
+        self._spec = spec
         self._clock = clock
         self._timeout = timeout
         self._ttl = ttl
@@ -65,24 +88,42 @@ class KafkaReadiness:
     async def _probe(self) -> tuple[bool, str]:
         try:
             async with asyncio.timeout(self._timeout):
-                # All topics: naming ours would let the broker auto-create it with defaults.
-                described = await self._admin.describe_topics()
+                described = await self._admin.describe_topics()  # all: see the module's doc
         except TimeoutError:
             return False, "kafka metadata timed out"
         except (KafkaError, OSError) as exc:
             return False, f"kafka unreachable ({type(exc).__name__})"
-        return topic_state(described, self._topic)
+        spec = self._spec
+        for topic in spec.names:
+            state = topic_state(
+                described, topic, partitions=spec.partitions, replication=spec.replication
+            )
+            if not state[0]:
+                return state
+        return True, "ok"
 
 
-def topic_state(described: list[dict[str, Any]], topic: str) -> tuple[bool, str]:
+def topic_state(
+    described: list[dict[str, Any]], topic: str, *, partitions: int = 1, replication: int = 1
+) -> tuple[bool, str]:
     """Judge one topic in a metadata answer (`AIOKafkaAdminClient.describe_topics`)."""
     for entry in described:
         if entry.get("topic") != topic:
             continue
-        partitions = entry.get("partitions") or []
-        if entry.get("error_code", 0) != 0 or not partitions:
+        found = entry.get("partitions") or []
+        if entry.get("error_code", 0) != 0 or not found:
             return False, f"topic {topic} is not available"
-        if any(p.get("leader", -1) < 0 for p in partitions):
+        if len(found) < partitions:
+            return False, (
+                f"topic {topic} has {len(found)} partitions, fewer than the {partitions} "
+                "configured (`paynotify topics ensure --fix` adds them)"
+            )
+        replicas = min((len(p["replicas"]) for p in found if "replicas" in p), default=None)
+        if replicas is not None and replicas < replication:
+            return False, (
+                f"topic {topic} has {replicas} replicas, fewer than the {replication} configured"
+            )
+        if any(p.get("leader", -1) < 0 for p in found):
             return False, f"topic {topic} has partitions without a leader"
         return True, "ok"
     return False, f"topic {topic} does not exist (run `paynotify topics ensure`)"
@@ -93,9 +134,11 @@ class KafkaCheck:
     sweeper): the client is started on the first check, and again after a failed start, each
     try bounded, so a broker that is away makes the check fail instead of the process."""
 
-    def __init__(self, settings: Settings, topic: str, clock: Clock, *, bound: float = 2.0) -> None:
+    def __init__(
+        self, settings: Settings, spec: TopicSpec, clock: Clock, *, bound: float = 2.0
+    ) -> None:
         self._settings = settings
-        self._topic = topic
+        self._spec = spec
         self._clock = clock
         self._bound = bound
         self._admin: AIOKafkaAdminClient | None = None
@@ -109,10 +152,32 @@ class KafkaCheck:
             except (TimeoutError, OSError, KafkaError) as exc:
                 return False, f"kafka unreachable ({type(exc).__name__})"
             self._readiness = KafkaReadiness(
-                self._admin, self._topic, self._clock, timeout=self._bound
+                self._admin, self._spec, self._clock, timeout=self._bound
             )
         return await self._readiness.check()
 
     async def close(self) -> None:
         if self._admin is not None:
             await self._admin.close()
+
+
+async def wait_for_topics(
+    check: KafkaCheck, *, stop: asyncio.Event, clock: Clock, log: BoundLogger
+) -> bool:
+    """Until the process's topics are ready (True), saying why not at growing intervals; False
+    when `stop` is set first. Nothing may touch a topic before: that could auto-create it."""
+    pause = 0.5
+    while not stop.is_set():
+        ready, why = await check()
+        if ready:
+            return True
+        log.warning("topics_not_ready", why=why, retry_in=pause)
+        sleeping = asyncio.ensure_future(clock.sleep(pause))
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({sleeping, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeping.cancel()
+            stopping.cancel()
+        pause = min(pause * 2, _WAIT_CAP)
+    return False

@@ -1,8 +1,11 @@
-"""`paynotify topics ensure`: create the project's topics, idempotently.
+"""`paynotify topics ensure [--fix]`: create the project's topics, idempotently.
 
 Partitions and replication come from settings (`PAYNOTIFY_TOPIC_PARTITIONS`,
-`PAYNOTIFY_TOPIC_REPLICATION`). An existing topic is left as it is: partition counts only ever
-grow by an operator's decision, since growing them moves keys between partitions.
+`PAYNOTIFY_TOPIC_REPLICATION`). An existing topic with fewer partitions than configured (one a
+broker auto-created, say) is reported, and the command exits 1; with `--fix` its partitions are
+raised to the configured count - an operator's decision, since it moves keys between
+partitions: run it before the workers start, or accept that an order's messages in flight may
+be handled out of order once. Partitions are never lowered (Kafka cannot).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import asyncio
 import sys
 from typing import TYPE_CHECKING, Any
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from shared.settings import Settings
@@ -19,6 +22,9 @@ from shared.settings import Settings
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Iterable
+
+
+_VISIBLE_WITHIN = 30.0  # seconds for created topics to show in the brokers' metadata
 
 
 def topic_configs(settings: Settings) -> dict[str, str]:
@@ -48,6 +54,13 @@ async def ensure_topics(settings: Settings, names: Iterable[str] | None = None) 
             ]
             answer = await admin.create_topics(new)
             _check_created(answer.topic_errors)
+            # The controller has taken them; the brokers' metadata shows them a moment later
+            # (seen in CI: listed as missing right after). Return once they can be used.
+            async with asyncio.timeout(_VISIBLE_WITHIN):
+                while True:
+                    if set(missing) <= set(await admin.list_topics()):
+                        break
+                    await asyncio.sleep(0.1)
         return missing
     finally:
         await admin.close()
@@ -71,20 +84,62 @@ def _check_created(topic_errors: Iterable[tuple[Any, ...]]) -> None:
         raise TopicsError("the brokers refused to create " + "; ".join(refused))
 
 
+async def short_topics(
+    settings: Settings, names: Iterable[str] | None = None, *, fix: bool = False
+) -> dict[str, int]:
+    """The topics of `names` (default: the deployment's) that have fewer partitions than
+    configured, with the count they have; with `fix`, raised to the configured count first (and
+    then not returned)."""
+    names = settings.topics.all if names is None else tuple(names)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        described = await admin.describe_topics()  # all topics: never auto-creates one
+        counts = {
+            entry["topic"]: len(entry.get("partitions") or [])
+            for entry in described
+            if entry.get("topic") in names
+        }
+        short = {name: n for name, n in counts.items() if n < settings.topic_partitions}
+        if fix and short:
+            wanted = NewPartitions(total_count=settings.topic_partitions)
+            await admin.create_partitions(dict.fromkeys(short, wanted))
+    finally:
+        await admin.close()
+    if fix and short:  # the answer may carry per-topic errors: look again, as the brokers see it
+        for _ in range(20):
+            await asyncio.sleep(0.5)
+            short = await short_topics(settings, names)
+            if not short:
+                break
+    return short
+
+
 def main(args: argparse.Namespace) -> int:
     if args.action != "ensure":  # pragma: no cover - argparse restricts the choices
         return 2
     settings = Settings.from_env()
+    fix = bool(getattr(args, "fix", False))
     try:
         created = asyncio.run(ensure_topics(settings))
     except TopicsError as exc:
         print(f"topics: {exc}", file=sys.stderr)  # noqa: T201 - a command's output
         return 1
+    before = asyncio.run(short_topics(settings))
+    after = asyncio.run(short_topics(settings, before, fix=True)) if fix and before else before
+    wanted = settings.topic_partitions
     for name in settings.topics.all:
-        state = "created" if name in created else "exists"
+        if name in created:
+            state = "created"
+        elif name in after:
+            state = f"has {after[name]} partitions, fewer than the {wanted} configured (--fix)"
+        elif name in before:
+            state = f"partitions raised from {before[name]} to {wanted}"
+        else:
+            state = "exists"
         print(f"{name}: {state}")  # noqa: T201 - a command's output
-    return 0
+    return 1 if after else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(__import__("argparse").Namespace(action="ensure")))
+    sys.exit(main(__import__("argparse").Namespace(action="ensure", fix=False)))

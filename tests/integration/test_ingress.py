@@ -24,7 +24,6 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ingress.app import INGRESS, build_app
-from shared import topics
 from shared.adapters.kafka import CallbackEnvelope, start_admin
 from shared.adapters.topics import ensure_topics
 from shared.merchants import parse_merchants
@@ -153,8 +152,14 @@ async def serve(app: web.Application) -> AsyncIterator[Running]:
 
 @pytest.fixture(scope="module")
 async def settings(kafka_bootstrap: str) -> Settings:
-    settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, kafka_ack_timeout=5.0)
-    await ensure_topics(settings, [topics.CALLBACKS, topics.REJECTED])
+    # Topics of this module's own: other modules create the default names with other partition
+    # counts, and the ingress is not ready on a topic with fewer partitions than configured.
+    settings = Settings(
+        kafka_bootstrap_servers=kafka_bootstrap,
+        kafka_ack_timeout=5.0,
+        topic_prefix=f"ingress-{uuid.uuid4().hex[:8]}.",
+    )
+    await ensure_topics(settings, [settings.topics.callbacks, settings.topics.rejected])
     return settings
 
 
@@ -172,13 +177,13 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 async def callbacks(settings: Settings) -> AsyncIterator[TopicTail]:
-    async with TopicTail.open(settings.kafka_bootstrap_servers, topics.CALLBACKS) as tail:
+    async with TopicTail.open(settings.kafka_bootstrap_servers, settings.topics.callbacks) as tail:
         yield tail
 
 
 @pytest.fixture
 async def rejected(settings: Settings) -> AsyncIterator[TopicTail]:
-    async with TopicTail.open(settings.kafka_bootstrap_servers, topics.REJECTED) as tail:
+    async with TopicTail.open(settings.kafka_bootstrap_servers, settings.topics.rejected) as tail:
         yield tail
 
 

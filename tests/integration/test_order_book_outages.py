@@ -270,6 +270,7 @@ async def test_the_sweeper_started_while_kafka_is_away_waits_for_it(
         kafka_bootstrap_servers=kafka_stack.bootstrap_servers, redis_url=own_redis.redis_url,
         merchants_file=merchants_file, platform_url="http://127.0.0.1:9/",
     )  # fmt: skip
+    await ensure_topics(settings)  # kept by the broker across its restart
     await asyncio.to_thread(kafka_stack.stop_kafka)
     try:
         stop = asyncio.Event()

@@ -10,7 +10,7 @@ from aiokafka.errors import KafkaConnectionError
 
 from ingress.counters import IngressCounters
 from ingress.refusals import Reason
-from shared.adapters.kafka_readiness import KafkaReadiness, topic_state
+from shared.adapters.kafka_readiness import KafkaReadiness, TopicSpec, topic_state
 from shared.clock import ManualClock
 
 pytestmark = pytest.mark.unit
@@ -53,6 +53,28 @@ def test_topic_not_ready_says_why(answer: list[dict[str, Any]], words: str) -> N
     assert words in why
 
 
+def test_a_topic_with_fewer_partitions_or_replicas_than_configured_is_not_ready() -> None:
+    """Issue 11: a callbacks topic auto-created with one partition (the broker's default) is
+    refused, so only `topics ensure --fix` makes the deployment ready; more is fine."""
+    answer = described(1)
+    assert topic_state(answer, TOPIC, partitions=6) == (
+        False,
+        (
+            f"topic {TOPIC} has 1 partitions, fewer than the 6 configured "
+            "(`paynotify topics ensure --fix` adds them)"
+        ),
+    )
+    assert topic_state(described(1, 1, 1), TOPIC, partitions=2) == (True, "ok")
+    replicated = [
+        {"topic": TOPIC, "error_code": 0,
+         "partitions": [{"partition": 0, "leader": 1, "replicas": [1, 2]}]},
+    ]  # fmt: skip
+    ready, why = topic_state(replicated, TOPIC, replication=3)
+    assert not ready
+    assert "2 replicas, fewer than the 3 configured" in why
+    assert topic_state(replicated, TOPIC, replication=2) == (True, "ok")
+
+
 class ScriptedAdmin:
     """Answers describe_topics from a script; counts calls."""
 
@@ -74,7 +96,7 @@ async def test_readiness_is_cached_briefly_and_then_asked_again() -> None:
     """Probes within the TTL share one metadata request; after it, the broker is asked again."""
     clock = ManualClock()
     admin = ScriptedAdmin(described(1), KafkaConnectionError())
-    readiness = KafkaReadiness(admin, TOPIC, clock, timeout=1.0, ttl=1.0)
+    readiness = KafkaReadiness(admin, TopicSpec((TOPIC,)), clock, timeout=1.0, ttl=1.0)
     assert await readiness.check() == (True, "ok")
     assert await readiness.check() == (True, "ok")
     assert admin.calls == 1
@@ -88,7 +110,7 @@ async def test_readiness_is_cached_briefly_and_then_asked_again() -> None:
 async def test_concurrent_probes_share_one_request() -> None:
     """A burst of /readyz calls costs one metadata request."""
     admin = ScriptedAdmin(described(1))
-    readiness = KafkaReadiness(admin, TOPIC, ManualClock(), timeout=1.0)
+    readiness = KafkaReadiness(admin, TopicSpec((TOPIC,)), ManualClock(), timeout=1.0)
     results = await asyncio.gather(*(readiness.check() for _ in range(10)))
     assert set(results) == {(True, "ok")}
     assert admin.calls == 1
@@ -96,7 +118,9 @@ async def test_concurrent_probes_share_one_request() -> None:
 
 async def test_a_hanging_broker_is_not_ready_within_the_bound() -> None:
     """The probe gives up after its timeout instead of hanging the health check."""
-    readiness = KafkaReadiness(ScriptedAdmin("hang"), TOPIC, ManualClock(), timeout=0.05)
+    readiness = KafkaReadiness(
+        ScriptedAdmin("hang"), TopicSpec((TOPIC,)), ManualClock(), timeout=0.05
+    )
     async with asyncio.timeout(5):
         ready, why = await readiness.check()
     assert not ready
