@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from ingress.app import INGRESS, SERVER_HEADER, build_app
+from ingress.app import INGRESS, SERVER_HEADER, build_admin_app, build_app
 from shared.logs import configure_logging, get_logger
 from shared.merchants import MerchantsFileError, load_merchants
 from shared.settings import Settings, SettingsError
@@ -43,6 +43,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    parser.add_argument(
+        "--admin-port",
+        type=int,
+        help="serve /healthz, /readyz and /metrics on this port (same host) instead of --port, "
+        "so the public port serves the notification paths only",
+    )
     return parser.parse_args(argv)
 
 
@@ -61,8 +67,16 @@ def main(args: argparse.Namespace | None = None) -> int:
     except (SettingsError, MerchantsFileError):
         log.exception("ingress_config_invalid")
         return EXIT_CONFIG
-    log.info("ingress_starting", host=args.host, port=args.port, merchants=len(merchants))
-    asyncio.run(serve(build_app(settings, merchants), args.host, args.port, settings, log))
+    admin_port = getattr(args, "admin_port", None)
+    log.info(
+        "ingress_starting",
+        host=args.host,
+        port=args.port,
+        admin_port=admin_port,
+        merchants=len(merchants),
+    )
+    app = build_app(settings, merchants, operations=admin_port is None)
+    asyncio.run(serve(app, args.host, args.port, settings, log, admin_port=admin_port))
     return 0
 
 
@@ -83,9 +97,10 @@ async def serve(
     log: BoundLogger,
     *,
     stop: asyncio.Event | None = None,
+    admin_port: int | None = None,
 ) -> None:
     """Serve `app` until `stop` is set (by default: SIGTERM or SIGINT), then shut down gracefully
-    (see the module's doc)."""
+    (see the module's doc); with `admin_port`, its operations app (`build_admin_app`) there."""
     runner = web.AppRunner(
         app,
         access_log=None,  # one line per request would cost more than the request
@@ -111,14 +126,23 @@ async def serve(
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+    admin: web.AppRunner | None = None
     try:
+        if admin_port is not None:
+            admin = web.AppRunner(build_admin_app(app), access_log=None, shutdown_timeout=2.0)
+            await admin.setup()
+            await web.TCPSite(admin, host, admin_port, reuse_address=True).start()
         listener = await loop.create_server(protocol, host, port, reuse_address=True)
-        log.info("ingress_listening", host=host, port=port, max_connections=limit)
+        log.info(
+            "ingress_listening", host=host, port=port, admin_port=admin_port, max_connections=limit
+        )
         await stop.wait()
         log.info("ingress_stopping")
         listener.close()  # no new connections; the open ones finish below
     finally:
         await runner.cleanup()
+        if admin is not None:
+            await admin.cleanup()
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from aiohttp import hdrs, web
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ingress.audit_budget import AuditBudget
 from ingress.counters import IngressCounters
@@ -195,7 +196,9 @@ class Ingress:
         )
 
     async def metrics(self, _: web.Request) -> web.Response:
-        return web.Response(text=self.counters.prometheus(), content_type="text/plain")
+        response = web.Response(body=self.counters.prometheus().encode())
+        response.headers[hdrs.CONTENT_TYPE] = CONTENT_TYPE_LATEST
+        return response
 
 
 def _clip(value: str | None) -> str | None:
@@ -362,8 +365,12 @@ def build_app(
     settings: Settings,
     merchants: Mapping[str, Merchant],
     clock: Clock | None = None,
+    *,
+    operations: bool = True,
 ) -> web.Application:
-    """The ingress application; Kafka clients start when the app starts."""
+    """The ingress application; Kafka clients start when the app starts. `operations` False
+    leaves /healthz, /readyz and /metrics to `build_admin_app` (a port of their own), so the
+    public port serves the notification paths only."""
     catalog = PayTypeCatalog.documented().with_overrides(settings.pay_type_paths)
     ingress = Ingress(
         settings=settings,
@@ -379,8 +386,22 @@ def build_app(
     app.on_response_prepare.append(_plain_server_header)
     app.router.add_route("*", "/notify", ingress.notify)
     app.router.add_route("*", "/notify/{mch_id}", ingress.notify)
-    app.router.add_get("/healthz", ingress.healthz, allow_head=True)
-    app.router.add_get("/readyz", ingress.readyz, allow_head=True)
-    app.router.add_get("/metrics", ingress.metrics)
+    if operations:
+        _add_operations(app.router, ingress)
     app.router.add_route("*", "/{tail:.*}", ingress.not_found)
     return app
+
+
+def build_admin_app(app: web.Application) -> web.Application:
+    """/healthz, /readyz and /metrics of the ingress `app` (built with `operations=False`), to
+    serve on the admin port (`paynotify ingress --admin-port`)."""
+    admin = web.Application()
+    _add_operations(admin.router, app[INGRESS])
+    admin.on_response_prepare.append(_plain_server_header)
+    return admin
+
+
+def _add_operations(router: web.UrlDispatcher, ingress: Ingress) -> None:
+    router.add_get("/healthz", ingress.healthz, allow_head=True)
+    router.add_get("/readyz", ingress.readyz, allow_head=True)
+    router.add_get("/metrics", ingress.metrics)

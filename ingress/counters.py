@@ -1,10 +1,37 @@
-"""What the ingress has done since it started, for `/metrics` and for tests."""
+"""What the ingress has done since it started: plain counts for the code and the tests, and
+their Prometheus form (HELP and TYPE, every name `paynotify_ingress_...`) for `/metrics`."""
 
 from __future__ import annotations
 
 from collections import Counter
+from typing import TYPE_CHECKING
+
+from prometheus_client import Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
 
 from ingress.refusals import STATUS, Reason
+from shared.probes import new_registry
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from prometheus_client.metrics_core import Metric
+
+# Seconds from the start of a publish to Kafka's acknowledgement (the ack deadline is 5 s).
+_PUBLISH_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+_COUNTS = {
+    "late_acks": "Sends answered 503 at the deadline that Kafka acknowledged later (duplicates "
+    "the workers absorb, never a success).",
+    "late_failures": "Sends answered 503 at the deadline that failed later.",
+    "audit_sent": "Refusal records written to the audit topic.",
+    "audit_failed": "Refusal records the audit topic did not take.",
+    "audit_dropped": "Refusal records dropped: too many were pending.",
+    "audit_suppressed": "Refusal records left out: the sender was over its audit budget.",
+    "connections_refused": "Connections answered 503 at once: too many were open.",
+}
 
 
 class IngressCounters:
@@ -14,10 +41,13 @@ class IngressCounters:
         "audit_sent",
         "audit_suppressed",
         "connections_refused",
+        "in_flight",
         "late_acks",
         "late_failures",
+        "publish_seconds",
         "published",
         "refusals",
+        "registry",
     )
 
     def __init__(self) -> None:
@@ -32,28 +62,47 @@ class IngressCounters:
         self.audit_dropped = 0  # too many audit records already pending
         self.audit_suppressed = 0  # left out: the sender was over its audit budget
         self.connections_refused = 0  # answered 503 at once: too many connections open
+        self.in_flight = 0  # notifications being handed to Kafka right now
+        self.registry = new_registry("ingress")
+        self.registry.register(_Collector(self))
+        self.publish_seconds = Histogram(
+            "paynotify_ingress_publish_seconds",
+            "Seconds from handing a notification to Kafka to its acknowledgement (acked ones).",
+            buckets=_PUBLISH_BUCKETS,
+            registry=self.registry,
+        )
 
     def prometheus(self) -> str:
-        """The counters in Prometheus' text exposition format."""
-        lines = [
-            "# TYPE paynotify_ingress_published_total counter",
-            f"paynotify_ingress_published_total {self.published}",
-            "# TYPE paynotify_ingress_refusals_total counter",
-        ]
-        lines.extend(
-            f'paynotify_ingress_refusals_total{{reason="{reason}",status="{STATUS[reason].value}"}}'
-            f" {self.refusals[reason]}"
-            for reason in Reason
+        """Every metric in Prometheus' text exposition format."""
+        return generate_latest(self.registry).decode()
+
+
+class _Collector(Collector):
+    def __init__(self, counters: IngressCounters) -> None:
+        self._counters = counters
+
+    def collect(self) -> Iterable[Metric]:
+        c = self._counters
+        published = CounterMetricFamily(
+            "paynotify_ingress_published",
+            "Notifications answered success: acknowledged by Kafka within the deadline.",
         )
-        for name in (
-            "late_acks",
-            "late_failures",
-            "audit_sent",
-            "audit_failed",
-            "audit_dropped",
-            "audit_suppressed",
-            "connections_refused",
-        ):
-            lines.append(f"# TYPE paynotify_ingress_{name}_total counter")
-            lines.append(f"paynotify_ingress_{name}_total {getattr(self, name)}")
-        return "\n".join(lines) + "\n"
+        published.add_metric([], c.published)
+        yield published
+        refusals = CounterMetricFamily(
+            "paynotify_ingress_refusals",
+            "Requests answered fail, by reason and HTTP status (every reason, zero or not).",
+            labels=["reason", "status"],
+        )
+        for reason in Reason:
+            refusals.add_metric([reason.value, str(STATUS[reason].value)], c.refusals[reason])
+        yield refusals
+        for name, text in _COUNTS.items():
+            family = CounterMetricFamily(f"paynotify_ingress_{name}", text)
+            family.add_metric([], getattr(c, name))
+            yield family
+        in_flight = GaugeMetricFamily(
+            "paynotify_ingress_in_flight", "Notifications being handed to Kafka right now."
+        )
+        in_flight.add_metric([], c.in_flight)
+        yield in_flight

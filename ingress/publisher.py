@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from typing import TYPE_CHECKING, Any
 
 from aiokafka.errors import KafkaError
@@ -54,6 +55,9 @@ class Publisher:
     async def publish(self, key: str, envelope: CallbackEnvelope) -> Reason | None:
         """None once Kafka acknowledged the envelope; otherwise why it did not in time."""
         delivery: asyncio.Future[Any] | None = None
+        counters = self._counters
+        counters.in_flight += 1
+        began = time.perf_counter()
         try:
             async with asyncio.timeout(self._ack_timeout):
                 # Cancelling `send` itself (waiting for metadata or buffer room) drops the
@@ -74,7 +78,10 @@ class Publisher:
             # Not durably taken, whatever went wrong: 503 makes the platform retry.
             self._log.exception("kafka_publish_crashed", order_key=key)
             return Reason.KAFKA_ERROR
-        self._counters.published += 1
+        finally:
+            counters.in_flight -= 1
+        counters.publish_seconds.observe(time.perf_counter() - began)
+        counters.published += 1
         return None
 
     def _late(self, delivery: asyncio.Future[Any], *, key: str, delivery_id: str) -> None:

@@ -89,6 +89,11 @@ def _parser() -> argparse.ArgumentParser:
     ingress = sub.add_parser("ingress", help="serve POST /notify for the platform")
     ingress.add_argument("--host", default="127.0.0.1")
     ingress.add_argument("--port", type=int, default=8080)
+    ingress.add_argument(
+        "--admin-port",
+        type=int,
+        help="serve /healthz, /readyz and /metrics on this port instead of --port",
+    )
 
     for name, text in (
         ("worker", "consume notifications, reconcile, publish events"),

@@ -455,7 +455,8 @@ async def test_health_readiness_and_metrics(ingress: Running, http: aiohttp.Clie
         assert await response.json() == {"ready": True, "kafka": "ok"}
     async with http.get(f"{ingress.url}/metrics") as response:
         text = await response.text()
-    assert f"paynotify_ingress_published_total {ingress.counters.published}" in text
+    assert f"paynotify_ingress_published_total {float(ingress.counters.published)}" in text
+    assert "# HELP paynotify_ingress_publish_seconds " in text
     assert 'paynotify_ingress_refusals_total{reason="sign_mismatch",status="401"}' in text
 
 

@@ -62,11 +62,15 @@ class Served:
 
 
 @contextlib.asynccontextmanager
-async def served(settings: Settings, **build: object) -> AsyncIterator[Served]:
-    app = build_app(settings, MERCHANTS, **build)  # type: ignore[arg-type]
+async def served(
+    settings: Settings, admin_port: int | None = None, **build: object
+) -> AsyncIterator[Served]:
+    operations = admin_port is None
+    app = build_app(settings, MERCHANTS, operations=operations, **build)  # type: ignore[arg-type]
     stop, port = asyncio.Event(), free_port()
+    log = get_logger("test")
     task = asyncio.create_task(
-        serve(app, "127.0.0.1", port, settings, get_logger("test"), stop=stop)
+        serve(app, "127.0.0.1", port, settings, log, stop=stop, admin_port=admin_port)
     )
     try:
         async with asyncio.timeout(WAIT):
@@ -244,3 +248,26 @@ async def test_a_broker_away_at_start_up_is_waited_out(settings: Settings, tmp_p
                 assert response.status == 200
         finally:
             await asyncio.to_thread(stack.stop_kafka)
+
+
+async def test_the_admin_port_takes_the_operations_paths_off_the_public_port(
+    settings: Settings,
+) -> None:
+    """Issue 11: with --admin-port, /healthz, /readyz and /metrics answer there only; the public
+    port serves the notification paths (anything else is 404 `fail`)."""
+    admin_port = free_port()
+    async with served(settings, admin_port=admin_port) as ingress, aiohttp.ClientSession() as http:
+        admin = f"http://127.0.0.1:{admin_port}"
+        async with http.post(
+            f"{ingress.url}/notify", data=urlencode(notification()), headers={"Content-Type": FORM}
+        ) as response:
+            assert (response.status, await response.text()) == (200, "success")
+        for path in ("/healthz", "/readyz", "/metrics"):
+            async with http.get(ingress.url + path) as response:
+                assert (response.status, await response.text()) == (404, "fail"), path
+        async with http.get(f"{admin}/readyz") as response:
+            assert response.status == 200
+        async with http.get(f"{admin}/metrics") as response:
+            text = await response.text()
+        assert "paynotify_ingress_published_total 1.0" in text
+        assert "paynotify_ingress_publish_seconds_count 1.0" in text

@@ -132,8 +132,17 @@ def test_counters_render_every_reason_in_prometheus_text() -> None:
     counters = IngressCounters()
     counters.published = 3
     counters.refusals[Reason.SIGN_MISMATCH] += 2
+    counters.publish_seconds.observe(0.004)
     text = counters.prometheus()
-    assert "paynotify_ingress_published_total 3\n" in text
-    assert 'paynotify_ingress_refusals_total{reason="sign_mismatch",status="401"} 2\n' in text
-    assert 'paynotify_ingress_refusals_total{reason="kafka_timeout",status="503"} 0\n' in text
+    assert "paynotify_ingress_published_total 3.0\n" in text
+    assert 'paynotify_ingress_refusals_total{reason="sign_mismatch",status="401"} 2.0\n' in text
+    assert 'paynotify_ingress_refusals_total{reason="kafka_timeout",status="503"} 0.0\n' in text
     assert all(f'reason="{reason}"' in text for reason in Reason)
+    # Issue 11: HELP and TYPE for every metric, a publish latency histogram, the process's own.
+    names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
+    helped = {line.split()[2] for line in text.splitlines() if line.startswith("# HELP")}
+    assert names == helped
+    assert all(name.startswith("paynotify_") for name in names)
+    assert 'paynotify_ingress_publish_seconds_bucket{le="0.005"} 1.0\n' in text
+    assert "paynotify_ingress_in_flight 0.0\n" in text
+    assert 'paynotify_build_info{process="ingress"' in text
