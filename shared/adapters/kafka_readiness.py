@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from aiokafka.errors import KafkaError
 
 from shared.adapters.kafka import start_admin
+from shared.probes import Cached
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -47,16 +48,7 @@ class TopicSpec:
 
 
 class KafkaReadiness:
-    __slots__ = (
-        "_admin",
-        "_answer",
-        "_checked_at",
-        "_clock",
-        "_lock",
-        "_spec",
-        "_timeout",
-        "_ttl",
-    )
+    __slots__ = ("_admin", "_spec", "_timeout", "check")
 
     def __init__(
         self,
@@ -69,21 +61,9 @@ class KafkaReadiness:
     ) -> None:
         self._admin = admin
         self._spec = spec
-        self._clock = clock
         self._timeout = timeout
-        self._ttl = ttl
-        self._lock = asyncio.Lock()
-        self._checked_at: float | None = None
-        self._answer: tuple[bool, str] = (False, "not checked yet")
-
-    async def check(self) -> tuple[bool, str]:
-        """(ready, why) - `why` is a short text for operators."""
-        async with self._lock:  # concurrent probes share one metadata request
-            now = self._clock.monotonic()
-            if self._checked_at is None or now - self._checked_at >= self._ttl:
-                self._answer = await self._probe()
-                self._checked_at = self._clock.monotonic()
-            return self._answer
+        # (ready, why) - `why` is a short text for operators; concurrent probes share one request.
+        self.check = Cached(self._probe, clock, ttl=ttl)
 
     async def _probe(self) -> tuple[bool, str]:
         try:
