@@ -7,6 +7,7 @@ keys are UTF-8 text.
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -16,6 +17,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from shared.adapters.outages import KAFKA_OUTAGES
+from shared.adapters.renewing_producer import RenewingProducer
 from shared.platform.retry import wait_out
 
 if TYPE_CHECKING:
@@ -46,12 +48,18 @@ def encode_value(value: Any) -> bytes:
     return value if isinstance(value, bytes) else orjson.dumps(value)
 
 
-async def start_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
+async def start_producer(settings: Settings, **overrides: Any) -> RenewingProducer:
     """A started producer for `settings.kafka_bootstrap_servers`; stop it with `await .stop()`.
 
     `overrides` are AIOKafkaProducer options (e.g. `client_id`, `linger_ms`); durability options
-    may be overridden only by a caller with a reason to, and none has one today.
+    may be overridden only by a caller with a reason to, and none has one today. It renews
+    itself when the brokers refuse its sequence numbers (shared.adapters.renewing_producer).
     """
+    start = functools.partial(_start_producer, settings, overrides)
+    return RenewingProducer(await start(), start)
+
+
+async def _start_producer(settings: Settings, overrides: dict[str, Any]) -> AIOKafkaProducer:
     options: dict[str, Any] = {
         "bootstrap_servers": settings.kafka_bootstrap_servers,
         "key_serializer": encode_key,
