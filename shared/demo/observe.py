@@ -66,6 +66,13 @@ class SandboxControl:
             "POST", "scenarios", json={"mch_id": mch_id, "mch_order": mch_order, **scenario}
         )
 
+    async def order(self, mch_id: str, mch_order: str) -> dict[str, Any]:
+        """One order as the platform holds it, with its notifications and delivery tries."""
+        answer: dict[str, Any] = await self._call(
+            "GET", "order", params={"mch_id": mch_id, "mch_order": mch_order}
+        )
+        return answer
+
     async def stats(self) -> dict[str, Any]:
         answer: dict[str, Any] = await self._call("GET", "stats")
         return answer

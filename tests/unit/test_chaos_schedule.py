@@ -1,0 +1,107 @@
+"""The chaos run's pure parts: its fault schedule, and the recovery times read from offsets."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from tests.chaos.monitor import Sample, longest_stalls, recovered_at
+from tests.chaos.schedule import (
+    FULL_COUNTS,
+    MIN_GAP,
+    STOP_SECONDS,
+    Kind,
+    Timing,
+    build_schedule,
+    planned_seconds,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def schedule(**changes: object):
+    options: dict[str, object] = {
+        "short": False, "brokers": 1, "workers": 2, "timing": Timing(), "window": None,
+    }  # fmt: skip
+    options.update(changes)
+    return build_schedule(random.Random(7), **options)  # type: ignore[arg-type]
+
+
+def test_one_seed_gives_one_schedule() -> None:
+    assert schedule() == schedule()
+    other = build_schedule(random.Random(8), short=False, brokers=1, workers=2, timing=Timing())
+    assert other.faults != schedule().faults
+
+
+def test_a_full_run_has_every_kind_several_times_and_every_pause_length() -> None:
+    """Several of each kind (issue 10); leader kills only with three brokers; SIGSTOP for 5,
+    10, 15, 20 and 40 s."""
+    one = schedule()
+    kinds = [f.kind for f in one.faults]
+    assert Kind.LEADER_KILL not in kinds
+    for kind, count in FULL_COUNTS.items():
+        if kind is not Kind.LEADER_KILL:
+            assert kinds.count(kind) == count >= 2
+    stops = sorted(f.seconds for f in one.faults if f.kind is Kind.WORKER_STOP)
+    assert stops == sorted(STOP_SECONDS)
+    three = schedule(brokers=3)
+    assert [f.kind for f in three.faults].count(Kind.LEADER_KILL) == FULL_COUNTS[Kind.LEADER_KILL]
+    assert all(1 <= f.target <= 3 for f in three.faults if f.kind is Kind.KAFKA_KILL)
+
+
+def test_a_short_run_has_each_kind_once() -> None:
+    short = schedule(short=True)
+    assert sorted(f.kind for f in short.faults) == sorted(
+        k for k in Kind if k is not Kind.LEADER_KILL
+    )
+
+
+def test_the_broker_outage_outlasts_the_platforms_scaled_retries() -> None:
+    """2940 s of tries at the time scale, plus a margin: only the sweeper can settle."""
+    for scale in (0.01, 0.005):
+        outage = [f for f in schedule(timing=Timing(time_scale=scale)).faults
+                  if f.kind is Kind.KAFKA_OUTAGE]  # fmt: skip
+        assert outage
+        assert all(f.seconds > 2940 * scale for f in outage)
+
+
+@pytest.mark.parametrize("window", [None, 2000.0])
+def test_faults_of_one_lane_never_overlap_and_fit_the_window(window: float | None) -> None:
+    one = schedule(window=window)
+    assert one.window >= (window or 0)
+    timing = Timing()
+    for faults in one.lanes().values():
+        for before, after in itertools.pairwise(faults):
+            assert after.at >= before.at + planned_seconds(before, timing) + MIN_GAP - 0.1
+        assert faults[-1].at + planned_seconds(faults[-1], timing) <= one.window + 0.1
+
+
+def sample(at: float, committed: dict[int, int], ends: dict[int, int]) -> Sample:
+    return Sample(at, committed, ends)
+
+
+def test_recovery_is_when_the_backlog_at_the_fault_start_is_committed() -> None:
+    """The end offsets before the fault are the bar; moving past them after the fault ended
+    is recovery, however much new traffic came meanwhile."""
+    samples = [
+        sample(10, {0: 5, 1: 7}, {0: 8, 1: 7}),  # the last before the fault at 11
+        sample(12, {0: 5, 1: 7}, {0: 20, 1: 9}),  # partition 0 short of 8
+        sample(20, {0: 8, 1: 7}, {0: 30, 1: 12}),  # both reached 8 and 7
+        sample(25, {0: 9, 1: 9}, {0: 31, 1: 12}),
+    ]
+    assert recovered_at(samples, started=11, ended=15) == 20
+    assert recovered_at(samples, started=11, ended=22) == 25  # not before the fault ended
+    assert recovered_at(samples, started=30, ended=31) is None  # nothing after it
+
+
+def test_the_longest_stall_counts_time_with_messages_waiting_and_no_commit() -> None:
+    samples = [
+        sample(0, {0: 1}, {0: 1}),
+        sample(1, {0: 1}, {0: 4}),  # waiting from here
+        sample(5, {0: 1}, {0: 6}),
+        sample(9, {0: 3}, {0: 6}),  # moved: a new stall may begin
+        sample(10, {0: 6}, {0: 6}),
+    ]
+    assert longest_stalls(samples) == {0: 4.0}
