@@ -48,7 +48,11 @@ class _Formatter(logging.Formatter):
             fields.update(context)
         if record.exc_info and record.exc_info[0] is not None:
             fields["exc_type"] = record.exc_info[0].__name__
-            fields["exc"] = str(record.exc_info[1])
+            # A library's exception text may hold what a sender wrote (aiohttp's answer to a
+            # malformed request line quotes the line, query string and all, where a key could
+            # be): only our own loggers' exceptions, whose texts we write, are kept whole.
+            if record.name.startswith("paynotify"):
+                fields["exc"] = str(record.exc_info[1])
         if self._as_json:
             return orjson.dumps(fields, default=str).decode()
         return " ".join(f"{k}={_console_value(v)}" for k, v in fields.items())

@@ -52,3 +52,16 @@ def test_plain_values_stay_bare() -> None:
     assert render(as_json=False, mch_id="t9awtvk6dn", n=3, ok=None).endswith(
         "mch_id=t9awtvk6dn n=3 ok=None"
     )
+
+
+def test_a_library_exception_text_is_not_logged() -> None:
+    """aiohttp logs a malformed request line with the line in the exception's text, so a key
+    sent in a query string reached the log (found by the hostile-request corpus)."""
+    error = ValueError("Bad status line b'POST /notify?mch_key=SECRET x HTTP/1.1'")
+    info = (ValueError, error, None)
+    record = logging.LogRecord("aiohttp.server", logging.ERROR, __file__, 1, "Error", (), info)
+    line = _Formatter(as_json=True).format(record)
+    assert "SECRET" not in line
+    assert orjson.loads(line)["exc_type"] == "ValueError"
+    own = logging.LogRecord("paynotify.worker", logging.ERROR, __file__, 1, "boom", (), info)
+    assert "SECRET" in _Formatter(as_json=True).format(own)  # our own texts are kept
