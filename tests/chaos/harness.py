@@ -21,7 +21,7 @@ import tempfile
 import time
 import traceback
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import median
 from typing import TYPE_CHECKING, Any, TextIO
@@ -56,6 +56,7 @@ QUERY_LATENCY = 0.02  # the run's standing disturbance of order queries, as in `
 QUERY_ERROR_RATE = 0.01
 PLATFORM_TIMEOUT = 2.0  # the client's timeout on platform calls: timeout bursts stay short
 HANDOVER_WINDOW = 120.0  # seconds after a worker fault in which its rebalance is looked for
+REBALANCE_SPREAD = 5.0  # seconds between the workers' revocations of one rebalance, at most
 # After the last fault, with payments still unsettled: judged once nothing moved for this long
 # (longer than the sweeper's longest gap and the workers' re-query horizon, both scaled).
 QUIET = 40.0
@@ -142,6 +143,7 @@ def run_chaos(config: ChaosConfig, out: TextIO = sys.stdout) -> int:
     if run is not None:
         _measure(result.records, run.monitor_samples, state_dir / "logs")
     code = _report(say, config, schedule, result, run)
+    _save(state_dir / "chaos-run.json", result, run)
     if code == 0 and config.state_dir is None and not config.keep:
         shutil.rmtree(state_dir, ignore_errors=True)
     return code
@@ -406,27 +408,49 @@ def _measure(records: list[FaultRecord], samples: list[Any], logs: Path) -> None
 
 
 def _handover(record: FaultRecord, events: list[dict[str, Any]]) -> dict[str, float]:
-    """`revoke_s`: the longest the other workers took to give up partitions in the rebalance
-    the fault caused (issue 10, hole 9: a job waiting for the dead worker's lock gives way);
-    `reassigned_s`: from the fault to partitions assigned again, to the restarted worker after
-    a kill, to another worker during a pause."""
+    """The rebalance the fault caused (the first after it): `revoke_s`, the longest another
+    worker took to give its partitions up (issue 10, hole 9: a job waiting for the dead
+    worker's lock gives way at once), and `reassigned_s`, from the fault to partitions assigned
+    again (to the restarted worker after a kill, to another worker during a pause)."""
     worker = f"worker-{record.fault.target}"
     killed = record.fault.kind is Kind.WORKER_KILL
-    found: dict[str, float] = {}
-    window = [
-        e
-        for e in events
-        if record.started <= float(e["ts"]) <= record.started + HANDOVER_WINDOW
-        and (e["process"] != worker or (killed and e["event"] == "partitions_assigned"))
+    after = [
+        e for e in events if record.started <= float(e["ts"]) <= record.started + HANDOVER_WINDOW
     ]
-    revoked = [float(e.get("seconds", 0.0)) for e in window if e["event"] == "partitions_revoked"]
-    if revoked:
-        found["revoke_s"] = max(revoked)
-    for e in window:
+    found: dict[str, float] = {}
+    revoked = [e for e in after if e["event"] == "partitions_revoked" and e["process"] != worker]
+    if revoked:  # every worker revokes in the same rebalance, within moments of each other
+        first = float(revoked[0]["ts"])
+        same = [e for e in revoked if float(e["ts"]) <= first + REBALANCE_SPREAD]
+        found["revoke_s"] = max(float(e.get("seconds", 0.0)) for e in same)
+    for e in after:
         if e["event"] == "partitions_assigned" and (e["process"] == worker) == killed:
             found["reassigned_s"] = float(e["ts"]) - record.started
             break
     return found
+
+
+def _save(path: Path, result: ChaosResult, run: ChaosRun | None) -> None:
+    """The run's faults, samples and figures as JSON, for looking again without running."""
+    document = {
+        "faults": [
+            {
+                "kind": r.fault.kind.value, "planned_at": r.fault.at, "seconds": r.fault.seconds,
+                "target": r.fault.target, "started": r.started, "ended": r.ended,
+                "restart": r.restart, "recovered": r.recovered, "overlapped": r.overlapped,
+                "handover": r.handover, "detail": r.detail,
+            }
+            for r in result.records
+        ],
+        "first_order": run.seen.started if run is not None else None,
+        "samples": [
+            {"at": s.at, "committed": s.committed, "ends": s.ends}
+            for s in (run.monitor_samples if run is not None else [])
+        ],
+        "figures": None if result.verdict is None else asdict(result.verdict.figures),
+        "lost": [] if result.verdict is None else list(result.verdict.lost),
+    }  # fmt: skip
+    path.write_bytes(orjson.dumps(document, option=orjson.OPT_NON_STR_KEYS))
 
 
 def _report(

@@ -50,6 +50,7 @@ HOSTILE_FAULTS: tuple[dict[str, Any], ...] = (
     {"endpoint": "query", "code": 114},
 )
 FORGED_ORDERS = 5  # unpaid orders a forger claims paid, per forgeries fault
+FORGER_PATIENCE = 120.0  # seconds the forger waits for the brokers to take its envelopes
 LATE_BY = 1.0  # a timeout burst's answers come this much after the client's timeout
 
 
@@ -267,9 +268,18 @@ class Injector:
         for order in unpaid:
             changes = {"status": "2", "success_at": now, "amt": str(order.amt)}
             await t.sandbox.forge(t.mch_id, order.mch_order, changes)
-        sent = 0
         try:
-            async with asyncio.timeout(60):
+            async with asyncio.timeout(FORGER_PATIENCE):
+                sent = await self._forge_envelopes(unpaid, now)
+        except TimeoutError:  # Kafka away all along: the notifications were still forged
+            return f"{len(unpaid)} forged notifications; envelopes not sent (Kafka away)"
+        return f"{len(unpaid)} forged notifications and {sent} forged envelopes for unpaid orders"
+
+    async def _forge_envelopes(self, unpaid: list[PlannedOrder], now: str) -> int:
+        """Write them once the brokers take them (a lane may have Kafka down meanwhile)."""
+        t = self.targets
+        while True:
+            try:
                 producer = await start_producer(t.settings, client_id="chaos-forger")
                 try:
                     for number, order in enumerate(unpaid):
@@ -279,12 +289,12 @@ class Injector:
                             _forged_envelope(t.mch_id, order, now, source),
                             key=order_key(t.mch_id, order.mch_order),
                         )
-                        sent += 1
                 finally:
                     await producer.stop()
-        except Exception as exc:  # Kafka away all along: the notifications were still forged
-            return f"{len(unpaid)} forged notifications; envelopes not sent ({type(exc).__name__})"
-        return f"{len(unpaid)} forged notifications and {sent} forged envelopes for unpaid orders"
+            except Exception:  # the brokers away: all again in a moment (more forgeries)
+                await asyncio.sleep(2.0)
+            else:
+                return len(unpaid)
 
 
 def _forged_envelope(mch_id: str, order: PlannedOrder, now: str, source: str) -> bytes:

@@ -105,3 +105,26 @@ def test_the_longest_stall_counts_time_with_messages_waiting_and_no_commit() -> 
         sample(10, {0: 6}, {0: 6}),
     ]
     assert longest_stalls(samples) == {0: 4.0}
+
+
+def test_the_hand_over_is_read_from_the_rebalance_the_fault_caused() -> None:
+    """After a kill of worker-1: the other worker's revocation in the first rebalance (not a
+    later one), and when the restarted worker-1 got partitions again."""
+    from tests.chaos.harness import _handover  # noqa: PLC0415 - the harness's log reading
+    from tests.chaos.injector import FaultRecord  # noqa: PLC0415
+    from tests.chaos.schedule import Fault  # noqa: PLC0415
+
+    def line(ts: float, event: str, process: str, seconds: float = 0.0) -> dict[str, object]:
+        return {"ts": ts, "event": event, "process": process, "seconds": seconds}
+
+    events = [
+        line(99.0, "partitions_revoked", "worker-0", 9.0),  # before the fault
+        line(111.0, "partitions_revoked", "worker-0", 0.02),
+        line(111.5, "partitions_assigned", "worker-0"),
+        line(111.6, "partitions_assigned", "worker-1"),
+        line(150.0, "partitions_revoked", "worker-0", 7.0),  # a later rebalance
+    ]
+    kill = FaultRecord(Fault(0.0, Kind.WORKER_KILL, 0.0, 1), started=100.0, ended=100.5)
+    assert _handover(kill, events) == {"revoke_s": 0.02, "reassigned_s": pytest.approx(11.6)}
+    pause = FaultRecord(Fault(0.0, Kind.WORKER_STOP, 15.0, 1), started=100.0, ended=115.0)
+    assert _handover(pause, events) == {"revoke_s": 0.02, "reassigned_s": pytest.approx(11.5)}
