@@ -7,7 +7,7 @@ PYTHON  ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
              command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
              2>/dev/null && { echo $$p; break; }; done)
 
-.PHONY: install services-deps test test-unit test-integration lint fmt stack-up stack-down run bench chaos clean
+.PHONY: install services-deps test test-unit test-integration lint fmt stack-up stack-down run bench chaos chaos-short clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "paynotify needs Python 3.11 or newer (python3.11, python3.12 or python3.13 on PATH)" >&2; exit 1; }
@@ -71,6 +71,10 @@ bench: install
 # CHAOS_ARGS: e.g. "--brokers 3", "--seed 7", "--payments 2000", "--short" (python -m tests.chaos -h).
 chaos: install services-deps
 	$(PY) -m tests.chaos $(CHAOS_ARGS)
+
+# The short chaos run (~1,000 payments, each fault kind once, one broker) as a test: a few minutes.
+chaos-short: install services-deps
+	$(PY) -m pytest -m chaos tests/chaos
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis
