@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Self
 
 from shared.logs import configure_logging
 from tests.chaos.harness import EXIT_TIMED_OUT, ChaosConfig, run_chaos
+from tests.chaos.schedule import Kind
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -66,6 +67,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="real seconds the whole run may take before it is stopped as failed "
         "(default 3600; 900 with --short)",
     )
+    parser.add_argument(
+        "--faults",
+        type=_kinds,
+        metavar="KIND,...",
+        help="only these fault kinds, e.g. worker_kill,worker_stop for a clean hand-over "
+        f"measurement (default: all of {', '.join(k.value for k in Kind)})",
+    )
     parser.add_argument("--state-dir", type=Path, help="default: a new temporary directory")
     parser.add_argument(
         "--keep", action="store_true", help="keep the state directory after a run that passed"
@@ -78,6 +86,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.payments < 200 or args.workers < 2 or not args.time_scale > 0:
         parser.error("--payments needs 200 or more, --workers 2 or more, --time-scale > 0")
     return args
+
+
+def _kinds(text: str) -> frozenset[Kind]:
+    try:
+        return frozenset(Kind(name.strip()) for name in text.split(",") if name.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 class _Deadline:
@@ -115,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         payments=args.payments, seed=args.seed, brokers=args.brokers, workers=args.workers,
         short=args.short, duration=args.duration, rate=args.rate, time_scale=args.time_scale,
         settle_timeout=args.settle_timeout, state_dir=args.state_dir, keep=args.keep,
+        only=args.faults,
     )  # fmt: skip
     with _Deadline(args.timeout) as deadline:
         code = run_chaos(config)

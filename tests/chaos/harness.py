@@ -35,6 +35,7 @@ from shared.demo.isolation import topic_partitions
 from shared.demo.observe import SandboxControl
 from shared.demo.plan import PAID_AFTER
 from shared.domain.events import PAYMENT_TYPES, EventType
+from shared.domain.sweep import MAX_GAP
 from shared.merchants import load_merchants
 from shared.settings import Settings
 from shared.stack.local import LocalStack, free_port
@@ -55,11 +56,12 @@ EXIT_INTERRUPTED = 130
 QUERY_LATENCY = 0.02  # the run's standing disturbance of order queries, as in `make run`
 QUERY_ERROR_RATE = 0.01
 PLATFORM_TIMEOUT = 2.0  # the client's timeout on platform calls: timeout bursts stay short
-HANDOVER_WINDOW = 120.0  # seconds after a worker fault in which its rebalance is looked for
+HANDOVER_WINDOW = 15.0  # seconds after a worker fault's end in which its rebalance begins
 REBALANCE_SPREAD = 5.0  # seconds between the workers' revocations of one rebalance, at most
 # After the last fault, with payments still unsettled: judged once nothing moved for this long
 # (longer than the sweeper's longest gap and the workers' re-query horizon, both scaled).
 QUIET = 40.0
+QUIET_MARGIN = 5.0  # unscaled seconds beyond the sweeper's longest gap
 MAX_RATE = 25.0  # orders per second by default: what this 2-core machine carries with faults
 SHOWN_LOST = 20
 
@@ -78,6 +80,7 @@ class ChaosConfig:
     settle_timeout: float = 300.0  # real seconds for quiescence after the last fault
     state_dir: Path | None = None
     keep: bool = False  # keep the state directory (logs, data) after a run that passed
+    only: frozenset[Kind] | None = None  # these fault kinds alone (default: every kind)
 
 
 @dataclass
@@ -107,6 +110,7 @@ def run_chaos(config: ChaosConfig, out: TextIO = sys.stdout) -> int:
     schedule = build_schedule(
         random.Random(config.seed), short=config.short, brokers=config.brokers,
         workers=config.workers, timing=Timing(time_scale=config.time_scale), window=duration,
+        only=config.only,
     )  # fmt: skip
     stack, pipeline, demo = _prepare(config, schedule, run_id, state_dir)
     say(
@@ -261,6 +265,7 @@ class ChaosRun(DemoRun):
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.settle_timeout
+        quiet = max(QUIET, (MAX_GAP + QUIET_MARGIN) * self.config.time_scale)
         seen, changed = -1, loop.time()
         while not self.stop.is_set() and loop.time() < deadline:
             if len(self.seen.events) != seen:
@@ -271,9 +276,9 @@ class ChaosRun(DemoRun):
                 if idle and self._all_settled():
                     self.settled_at = time.time()
                     return
-                if idle and loop.time() - changed >= QUIET:
+                if idle and loop.time() - changed >= quiet:
                     self.settled_at = time.time()
-                    self.say(f"quiet for {QUIET:g}s with payments still unsettled: judging now")
+                    self.say(f"quiet for {quiet:g}s with payments still unsettled: judging now")
                     return
             await asyncio.sleep(1.0)
         self.say(f"settle timeout ({self.config.settle_timeout:g}s) passed: judging as it is")
@@ -414,9 +419,10 @@ def _handover(record: FaultRecord, events: list[dict[str, Any]]) -> dict[str, fl
     again (to the restarted worker after a kill, to another worker during a pause)."""
     worker = f"worker-{record.fault.target}"
     killed = record.fault.kind is Kind.WORKER_KILL
-    after = [
-        e for e in events if record.started <= float(e["ts"]) <= record.started + HANDOVER_WINDOW
-    ]
+    # A rebalance the fault causes starts within the group's session timeout of its end (a pause
+    # shorter than that causes none); one later is another fault's.
+    until = record.ended + HANDOVER_WINDOW
+    after = [e for e in events if record.started <= float(e["ts"]) <= until]
     found: dict[str, float] = {}
     revoked = [e for e in after if e["event"] == "partitions_revoked" and e["process"] != worker]
     if revoked:  # every worker revokes in the same rebalance, within moments of each other

@@ -123,11 +123,17 @@ def build_schedule(
     workers: int,
     timing: Timing,
     window: float | None = None,
+    only: frozenset[Kind] | None = None,
 ) -> Schedule:
     """The faults of a run and the window they are spread over: at least what the busiest lane
-    needs (its faults' planned durations and gaps), or `window` when that is longer."""
+    needs (its faults' planned durations and gaps), or `window` when that is longer. `only`:
+    these kinds alone (a clean measurement of one kind, say)."""
     counts = SHORT_COUNTS if short else FULL_COUNTS
-    kinds = [k for k in Kind if brokers > 1 or k is not Kind.LEADER_KILL]
+    kinds = [
+        k
+        for k in Kind
+        if (brokers > 1 or k is not Kind.LEADER_KILL) and (only is None or k in only)
+    ]
     stops = list(STOP_SECONDS)
     rng.shuffle(stops)
     if short:
@@ -143,8 +149,11 @@ def build_schedule(
     for lane in by_lane.values():
         rng.shuffle(lane)
     needed = max(
-        WARMUP + sum(planned_seconds(f, timing) + MIN_GAP for f in lane)
-        for lane in by_lane.values()
+        (
+            WARMUP + sum(planned_seconds(f, timing) + MIN_GAP for f in lane)
+            for lane in by_lane.values()
+        ),
+        default=WARMUP,
     )
     span = max(needed, window or 0.0)
     placed: list[Fault] = []

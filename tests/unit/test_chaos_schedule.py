@@ -128,3 +128,15 @@ def test_the_hand_over_is_read_from_the_rebalance_the_fault_caused() -> None:
     assert _handover(kill, events) == {"revoke_s": 0.02, "reassigned_s": pytest.approx(11.6)}
     pause = FaultRecord(Fault(0.0, Kind.WORKER_STOP, 15.0, 1), started=100.0, ended=115.0)
     assert _handover(pause, events) == {"revoke_s": 0.02, "reassigned_s": pytest.approx(11.5)}
+    # A pause shorter than the session timeout causes no rebalance: a later one is not its.
+    short = FaultRecord(Fault(0.0, Kind.WORKER_STOP, 5.0, 1), started=120.0, ended=125.0)
+    assert _handover(short, events) == {}
+
+
+def test_a_run_can_be_limited_to_some_kinds_spread_over_its_duration() -> None:
+    """`--faults worker_kill,worker_stop --duration 300`: a clean hand-over measurement."""
+    only = frozenset({Kind.WORKER_KILL, Kind.WORKER_STOP})
+    limited = schedule(only=only, window=300.0)
+    assert {f.kind for f in limited.faults} == only
+    assert limited.window == 300.0
+    assert min(b.at - a.at for a, b in itertools.pairwise(limited.faults)) > 15
