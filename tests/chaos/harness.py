@@ -40,7 +40,13 @@ from shared.settings import Settings
 from shared.stack.local import LocalStack, free_port
 from shared.stack.pipeline import Pipeline
 from tests.chaos.injector import FaultRecord, Injector, Targets
-from tests.chaos.monitor import OffsetsMonitor, log_events, longest_stalls, recovered_at
+from tests.chaos.monitor import (
+    OffsetsMonitor,
+    log_events,
+    longest_stalls,
+    recovered_at,
+    stall_after,
+)
 from tests.chaos.schedule import Kind, Schedule, Timing, build_schedule
 from tests.chaos.verdict import Event, Payment, Verdict, judge
 
@@ -433,6 +439,7 @@ def _measure(records: list[FaultRecord], samples: list[Any], logs: Path) -> None
     )
     for record in records:
         record.recovered = recovered_at(samples, record.started, record.ended)
+        record.stall = stall_after(samples, record.started, record.ended)
         record.overlapped = sorted(
             {
                 other.fault.kind.value
@@ -478,7 +485,8 @@ def _save(path: Path, result: ChaosResult, run: ChaosRun | None) -> None:
             {
                 "kind": r.fault.kind.value, "planned_at": r.fault.at, "seconds": r.fault.seconds,
                 "target": r.fault.target, "started": r.started, "ended": r.ended,
-                "restart": r.restart, "recovered": r.recovered, "overlapped": r.overlapped,
+                "restart": r.restart, "recovered": r.recovered, "stall": r.stall,
+                "overlapped": r.overlapped,
                 "handover": r.handover, "detail": r.detail,
             }
             for r in result.records
@@ -500,10 +508,14 @@ def _report(
     t0 = run.seen.started if run is not None and run.seen.started else 0.0
     say("")
     say(f"seed {config.seed}: {len(schedule.faults)} faults planned, {len(result.records)} done")
-    say(f"{'at':>8}  {'fault':<22}{'restart':>9}{'recovery':>10}{'after end':>11}  detail")
+    say(
+        f"{'at':>8}  {'fault':<22}{'restart':>9}{'stall':>8}{'recovery':>10}{'after end':>11}"
+        "  detail"
+    )
     for record in result.records:
         say(_fault_line(record, t0))
-    say("(*: another lane's fault was on before this one recovered)")
+    say("(stall: the longest its callbacks partitions stood still with messages waiting;")
+    say(" recovery: to the backlog it held back committed; *: another lane's fault was on)")
     _recoveries(say, result.records)
     if run is not None:
         stalls = longest_stalls(run.monitor_samples)
@@ -532,6 +544,16 @@ def _recoveries(say: Any, records: list[FaultRecord]) -> None:
                 record.recovered - record.started
             )
     for kind, values in sorted(by_kind.items()):
+        say(
+            f"  {kind:<18} n={len(values):<3} min={min(values):6.1f} "
+            f"median={median(values):6.1f} max={max(values):6.1f}"
+        )
+    stalls: dict[str, list[float]] = {}
+    for record in records:
+        if record.stall is not None and not record.overlapped:
+            stalls.setdefault(record.fault.kind.value, []).append(record.stall)
+    say("stall by fault kind (s, faults overlapped by another lane's left out):")
+    for kind, values in sorted(stalls.items()):
         say(
             f"  {kind:<18} n={len(values):<3} min={min(values):6.1f} "
             f"median={median(values):6.1f} max={max(values):6.1f}"
@@ -583,7 +605,8 @@ def _fault_line(record: FaultRecord, t0: float) -> str:
     if "reassigned_s" in record.handover:
         handover += f", reassigned after {record.handover['reassigned_s']:.1f}s"
     at = record.started - t0 if t0 else 0.0
+    stall = f"{record.stall:.1f}s" if record.stall is not None else "-"
     return (
-        f"{at:7.1f}s  {record.fault.describe():<22}{restart:>9}{recovery:>10}{after:>11}  "
-        f"{record.detail}{handover}"
+        f"{at:7.1f}s  {record.fault.describe():<22}{restart:>9}{stall:>8}{recovery:>10}"
+        f"{after:>11}  {record.detail}{handover}"
     )

@@ -62,6 +62,7 @@ class FaultRecord:
     detail: str = ""
     restart: float | None = None  # seconds a killed process or server took to be back
     recovered: float | None = None  # Unix time (monitor.recovered_at)
+    stall: float | None = None  # seconds its partitions stood still (monitor.stall_after)
     handover: dict[str, float] = field(default_factory=dict)  # from the workers' logs
     overlapped: list[str] = field(default_factory=list)  # other lanes' faults meanwhile
 

@@ -113,6 +113,36 @@ def recovered_at(samples: Sequence[Sample], started: float, ended: float) -> flo
     return None
 
 
+def stall_after(
+    samples: Sequence[Sample], started: float, ended: float, grace: float = 3.0
+) -> float:
+    """How long, from the fault's start, a callbacks partition with messages waiting went
+    without its committed offset moving, the longest such stall that began before the fault
+    ended (or within `grace` after: a kill's effect shows at the next samples): the time until
+    the fault's partitions moved again (0: none stood still)."""
+    worst = 0.0
+    since: dict[int, tuple[float, int]] = {}
+    for sample in samples:
+        if sample.at < started:
+            continue
+        for partition, lag in sample.lags.items():
+            committed = sample.committed.get(partition, 0)
+            start = since.get(partition)
+            if lag == 0 or (start is not None and start[1] != committed):
+                if start is not None:  # it moved (or caught up) here: the stall ends now
+                    worst = max(worst, sample.at - start[0])
+                since.pop(partition, None)
+                if lag == 0:
+                    continue
+                start = None
+            if start is None:
+                if sample.at > ended + grace:
+                    continue  # a stall that began after the fault is not its
+                since[partition] = start = (sample.at, committed)
+            worst = max(worst, sample.at - start[0])
+    return worst
+
+
 def longest_stalls(samples: Sequence[Sample]) -> dict[int, float]:
     """Per partition, the longest time it had messages waiting while its committed offset did
     not move (gaps in sampling, a broker away, count as standing still)."""

@@ -140,3 +140,20 @@ def test_a_run_can_be_limited_to_some_kinds_spread_over_its_duration() -> None:
     assert {f.kind for f in limited.faults} == only
     assert limited.window == 300.0
     assert min(b.at - a.at for a, b in itertools.pairwise(limited.faults)) > 15
+
+
+def test_the_stall_is_how_long_partitions_stood_still_from_the_fault_on() -> None:
+    """A worker paused at 10: its partition 1 waits from 11 to 21 (reassigned), partition 0
+    keeps moving; a stall beginning after the fault ended is not counted."""
+    from tests.chaos.monitor import stall_after  # noqa: PLC0415
+
+    samples = [
+        sample(9, {0: 1, 1: 1}, {0: 2, 1: 1}),
+        sample(11, {0: 2, 1: 1}, {0: 3, 1: 4}),
+        sample(16, {0: 3, 1: 1}, {0: 4, 1: 6}),
+        sample(21, {0: 4, 1: 6}, {0: 5, 1: 7}),
+        sample(30, {0: 4, 1: 7}, {0: 9, 1: 7}),  # partition 0 stands from 21, after the end
+        sample(40, {0: 4, 1: 7}, {0: 9, 1: 7}),
+    ]
+    assert stall_after(samples, started=10, ended=15) == 10
+    assert stall_after(samples, started=10, ended=25) == 19  # then 0's counts: from 21 to 40
