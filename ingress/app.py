@@ -32,7 +32,7 @@ from shared.adapters.kafka import (
     start_admin,
     start_producer,
 )
-from shared.adapters.kafka_readiness import KafkaReadiness, TopicSpec
+from shared.adapters.kafka_readiness import KafkaReadiness, TopicSpec, wait_for_topics
 from shared.adapters.outages import KAFKA_OUTAGES
 from shared.clock import Clock, SystemClock
 from shared.logs import BoundLogger, get_logger
@@ -308,11 +308,10 @@ async def _when_topics_ready(
     )
     ingress.readiness = readiness  # /readyz says what is missing while we wait below
     # No request for a topic before it exists as configured: that could auto-create it.
-    pause = 0.5
-    while not (state := await readiness.check())[0]:
-        ingress.log.warning("topics_not_ready", why=state[1], retry_in=pause)
-        await ingress.clock.sleep(pause)
-        pause = min(pause * 2, 5.0)
+    # Never stopped by an event: shutdown cancels the start task (see `_kafka_clients`).
+    await wait_for_topics(
+        readiness.check, stop=asyncio.Event(), clock=ingress.clock, log=ingress.log
+    )
     await _learn_partitions(
         producer, (names.callbacks, names.rejected), settings.kafka_ack_timeout, ingress.log
     )

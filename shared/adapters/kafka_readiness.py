@@ -22,7 +22,7 @@ from shared.adapters.kafka import start_admin
 from shared.probes import Cached
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Awaitable, Callable, Iterable
 
     from aiokafka.admin import AIOKafkaAdminClient
 
@@ -142,10 +142,15 @@ class KafkaCheck:
 
 
 async def wait_for_topics(
-    check: KafkaCheck, *, stop: asyncio.Event, clock: Clock, log: BoundLogger
+    check: Callable[[], Awaitable[tuple[bool, str]]],
+    *,
+    stop: asyncio.Event,
+    clock: Clock,
+    log: BoundLogger,
 ) -> bool:
-    """Until the process's topics are ready (True), saying why not at growing intervals; False
-    when `stop` is set first. Nothing may touch a topic before: that could auto-create it."""
+    """Until `check` (a `KafkaCheck`, or a `KafkaReadiness.check`) says the process's topics are
+    ready (True), saying why not at growing intervals; False when `stop` is set first. Nothing
+    may touch a topic before: that could auto-create it."""
     pause = 0.5
     while not stop.is_set():
         ready, why = await check()
@@ -159,5 +164,6 @@ async def wait_for_topics(
         finally:
             sleeping.cancel()
             stopping.cancel()
+            await asyncio.gather(sleeping, stopping, return_exceptions=True)
         pause = min(pause * 2, _WAIT_CAP)
     return False
