@@ -34,6 +34,8 @@ from shared.adapters.kafka import (
 )
 from shared.adapters.kafka_readiness import KafkaReadiness, TopicSpec, wait_for_topics
 from shared.adapters.outages import KAFKA_OUTAGES
+from shared.adapters.parked import ParkedNotifications
+from shared.adapters.redis_client import connect_redis
 from shared.clock import Clock, SystemClock
 from shared.logs import BoundLogger, get_logger
 from shared.platform.retry import wait_out
@@ -55,9 +57,11 @@ _NOT_READY = Refusal(Reason.NOT_READY)
 _BODY_TIMEOUT = Refusal(Reason.BODY_TIMEOUT, rule="the body did not arrive within the deadline")
 SERVER_HEADER = "paynotify"  # no product versions for a scanner to match against advisories
 _KAFKA_START_TRY = 30.0  # bound on one attempt to start the Kafka clients
-_KAFKA_FIRST_WAIT = 10.0  # start-up waits this long for Kafka before serving without it
+_KAFKA_FIRST_WAIT = 3.0  # start-up waits this long for Kafka, then serves (503, parked)
 _KAFKA_STOP_BOUND = 30.0  # bound on stopping the clients (a flush waits for the broker)
 _READINESS_BOUND = 2.0  # bound on one metadata request of the readiness check
+_PARK_BOUND = 1.0  # bound on keeping a notification Kafka did not take (shared.adapters.parked)
+_PARK_CONNECTIONS = 16  # Redis connections for parking (used only while Kafka fails)
 _AUDIT_TEXT = 64  # characters kept of any sender-chosen text in an audit record
 _AUDIT_NAMES = 40  # field names kept in an audit record
 
@@ -84,6 +88,7 @@ class Ingress:
         # Set while the Kafka clients run (see `_kafka_clients`).
         self.publisher: Publisher | None = None
         self.readiness: KafkaReadiness | None = None
+        self.parking: ParkedNotifications | None = None  # set while the app runs (`_parking`)
         self.closing = False
 
     async def notify(self, request: web.Request) -> web.Response:
@@ -97,9 +102,6 @@ class Ingress:
         verified = self.verifier.check(form, peer, request.match_info.get("mch_id"))
         if isinstance(verified, Refusal):
             return self._refuse(request, verified, received_at, form)
-        publisher = self.publisher
-        if publisher is None:  # only before start-up finished or after shutdown
-            return self._refuse(request, _NOT_READY, received_at, form)
         envelope = CallbackEnvelope(
             fields=form,
             key_id=verified.key_id,
@@ -108,10 +110,37 @@ class Ingress:
             delivery_id=uuid.uuid4().hex,
             source=SOURCE_NOTIFICATION,
         )
-        failure = await publisher.publish(verified.order_key, envelope)
-        if failure is not None:
-            return self._refuse(request, Refusal(failure), received_at, form)
-        return web.Response(body=SUCCESS, content_type="text/plain")
+        publisher = self.publisher
+        if publisher is None:  # only before start-up finished (Kafka away) or after shutdown
+            refusal = _NOT_READY
+        else:
+            failure = await publisher.publish(verified.order_key, envelope)
+            if failure is None:
+                return web.Response(body=SUCCESS, content_type="text/plain")
+            refusal = Refusal(failure)
+        # Still `fail` (the platform tries again), but kept: if every try meets Kafka away, the
+        # sweeper publishes the parked copy once it is back.
+        await self._park(verified.order_key, envelope)
+        return self._refuse(request, refusal, received_at, form)
+
+    async def _park(self, key: str, envelope: CallbackEnvelope) -> None:
+        parking = self.parking
+        if parking is None:  # PAYNOTIFY_INGRESS_PARK_MAX=0
+            return
+        try:
+            async with asyncio.timeout(_PARK_BOUND):
+                result = await parking.park(
+                    key, envelope, self.clock.time(), bound=self.settings.ingress_park_max
+                )
+        except Exception as exc:  # Redis away too: the platform's next try is all there is
+            self.counters.parked["failed"] += 1
+            self.log.warning("notification_not_parked", order_key=key, error=type(exc).__name__)
+            return
+        self.counters.parked[result] += 1
+        if result == "full":
+            self.log.warning("notification_not_parked", order_key=key, error="parked_full")
+        else:
+            self.log.info("notification_parked", order_key=key, result=result)
 
     async def _read_form(self, request: web.Request) -> Fields | Refusal:
         if request.method != hdrs.METH_POST:
@@ -236,6 +265,22 @@ async def _plain_server_header(_: web.Request, response: web.StreamResponse) -> 
 INGRESS = web.AppKey("ingress", Ingress)
 PRODUCER = web.AppKey("kafka_producer", AIOKafkaProducer)
 ADMIN = web.AppKey("kafka_admin", AIOKafkaAdminClient)
+
+
+async def _parking(app: web.Application) -> AsyncIterator[None]:
+    """The Redis client that parks notifications Kafka did not take. It connects on first use
+    (Redis is not needed to serve, only to keep such a copy) and is closed after the requests."""
+    ingress = app[INGRESS]
+    if not ingress.settings.ingress_park_max:
+        yield
+        return
+    redis = connect_redis(ingress.settings.redis_url, max_connections=_PARK_CONNECTIONS)
+    ingress.parking = ParkedNotifications(redis)
+    try:
+        yield
+    finally:
+        ingress.parking = None
+        await redis.aclose()
 
 
 async def _kafka_clients(app: web.Application) -> AsyncIterator[None]:
@@ -380,6 +425,7 @@ def build_app(
     )
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[INGRESS] = ingress
+    app.cleanup_ctx.append(_parking)
     app.cleanup_ctx.append(_kafka_clients)
     app.on_shutdown.append(_on_shutdown)
     app.on_response_prepare.append(_plain_server_header)

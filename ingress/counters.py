@@ -44,6 +44,7 @@ class IngressCounters:
         "in_flight",
         "late_acks",
         "late_failures",
+        "parked",
         "publish_seconds",
         "published",
         "refusals",
@@ -63,6 +64,9 @@ class IngressCounters:
         self.audit_suppressed = 0  # left out: the sender was over its audit budget
         self.connections_refused = 0  # answered 503 at once: too many connections open
         self.in_flight = 0  # notifications being handed to Kafka right now
+        # Notifications Kafka did not take, kept for the sweeper (shared.adapters.parked), by
+        # result: parked, already (an earlier try's copy is there), full, failed (Redis away).
+        self.parked: Counter[str] = Counter()
         self.registry = new_registry("ingress")
         self.registry.register(_Collector(self))
         self.publish_seconds = Histogram(
@@ -101,6 +105,16 @@ class _Collector(Collector):
             family = CounterMetricFamily(f"paynotify_ingress_{name}", text)
             family.add_metric([], getattr(c, name))
             yield family
+        parked = CounterMetricFamily(
+            "paynotify_ingress_parked",
+            "Notifications answered 503 because Kafka did not take them, by what became of "
+            "their copy for the sweeper: parked, already (parked by an earlier try), full, "
+            "failed (Redis away too).",
+            labels=["result"],
+        )
+        for result in ("parked", "already", "full", "failed"):
+            parked.add_metric([result], c.parked[result])
+        yield parked
         in_flight = GaugeMetricFamily(
             "paynotify_ingress_in_flight", "Notifications being handed to Kafka right now."
         )

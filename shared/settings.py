@@ -50,6 +50,8 @@ class Settings:
     ingress_max_connections: int = 512  # open connections at once; more are answered 503
     ingress_audit_rate: float = 10.0  # audit records per second per sender, on average
     ingress_audit_burst: int = 50  # ... and at most this many at once
+    # Verified notifications Kafka did not take, kept in Redis for the sweeper to publish (0: none)
+    ingress_park_max: int = 100_000
     # Platform client
     pay_type_paths: Mapping[int, str] = field(default_factory=lambda: MappingProxyType({}))
     answer_sign_includes_envelope: bool = False
@@ -102,6 +104,9 @@ class Settings:
             ingress_audit_rate=read.number("PAYNOTIFY_INGRESS_AUDIT_RATE", cls.ingress_audit_rate),
             ingress_audit_burst=read.integer(
                 "PAYNOTIFY_INGRESS_AUDIT_BURST", cls.ingress_audit_burst
+            ),
+            ingress_park_max=read.integer(
+                "PAYNOTIFY_INGRESS_PARK_MAX", cls.ingress_park_max, minimum=0
             ),
             pay_type_paths=read.pay_type_paths("PAYNOTIFY_PAY_TYPE_PATHS"),
             answer_sign_includes_envelope=read.flag(

@@ -32,6 +32,7 @@ from shared import topics
 from shared.adapters.kafka import CallbackEnvelope
 from shared.adapters.order_book import SWEEPER_LEASE_KEY, CorruptRecordError, OrderEntry
 from shared.adapters.outages import OUTAGES
+from shared.adapters.parked import ParkedRecordError, decode_parked
 from shared.domain.decision import QueryAnswer
 from shared.domain.events import encode
 from shared.domain.orders import OrderState
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Container
 
     from shared.adapters.order_book import OrderBook
+    from shared.adapters.parked import ParkedNotifications
     from shared.adapters.redis_lock import Locks
     from shared.clock import Clock
     from shared.domain.orders import OrderRecord
@@ -67,6 +69,7 @@ _T = TypeVar("_T")
 SOURCE_QUERY = "query"  # the envelope's `source` for reports the sweeper found
 DLQ_ORIGIN = "sweeper"  # the `origin` of the sweeper's dead letters (the workers' name a topic)
 Claimed = OrderEntry | CorruptRecordError | None
+_PARKED_BATCH = 100  # parked entries asked for per scan step
 
 
 class OrderQuery(Protocol):
@@ -135,6 +138,7 @@ class Sweeper:
         random: Callable[[], float] = random.random,
         name: str = "sweeper",
         answer_sign_includes_envelope: bool = False,
+        parked: ParkedNotifications | None = None,
     ) -> None:
         """`merchants`: the merchant ids the platform client has keys for; an order of any other
         merchant is not queried (it could only fail) and is given up after its hopeless tries.
@@ -150,6 +154,7 @@ class Sweeper:
         self._events_topic = events_topic
         self._dlq_topic = dlq_topic
         self._merchants = merchants
+        self._parked = parked  # None: another process publishes parked notifications
         self._new_id = new_id
         # What the platform's signature covers decides what the forwarded report keeps: the
         # workers verify it again (PAYNOTIFY_ANSWER_SIGN_INCLUDES_ENVELOPE).
@@ -202,6 +207,13 @@ class Sweeper:
         renewer = asyncio.create_task(
             self._renew(token, lost, leading_over), name="sweeper-lease-renew"
         )
+        helpers = {renewer}
+        if self._parked is not None:
+            helpers.add(
+                asyncio.create_task(
+                    self._release_parked(self._parked, leading_over), name="sweeper-parked"
+                )
+            )
         inflight: set[asyncio.Task[None]] = set()
         try:
             while not (self._stopping.is_set() or lost.is_set()):
@@ -222,11 +234,13 @@ class Sweeper:
             # cancel that lands inside a Redis call can be lost (redis-py), and an unbounded
             # await then kept the lease renewed, and the sweeper from stopping, for ever.
             leading_over.set()
-            renewer.cancel()
-            finished, _ = await asyncio.wait({renewer}, timeout=self._limits.lease_ttl)
-            if not finished:  # it ends at its next step, by the flag; nobody waits for it
-                self.stats["renewer_stuck"] += 1
-                self._log.error("lease_renewer_stuck")
+            for helper in helpers:
+                helper.cancel()
+            _, stuck = await asyncio.wait(helpers, timeout=self._limits.lease_ttl)
+            for helper in stuck:  # it ends at its next step, by the flag; nobody waits for it
+                renewer_stuck = helper is renewer
+                self.stats["renewer_stuck" if renewer_stuck else "parked_stuck"] += 1
+                self._log.error("lease_renewer_stuck" if renewer_stuck else "parked_stuck")
 
     async def _drain(self, inflight: set[asyncio.Task[None]]) -> None:
         """Let the sweeps in flight finish within the grace; cancel the rest (their claims'
@@ -278,6 +292,70 @@ class Sweeper:
                 self._log.warning("lease_lost")
                 lost.set()
                 return
+
+    # --- parked notifications ----------------------------------------------------------------
+
+    async def _release_parked(self, parked: ParkedNotifications, over: asyncio.Event) -> None:
+        """While leading: publish what the ingress parked (shared.adapters.parked) to the
+        callbacks topic, then remove it; a scan every poll. An outage is waited out (a Kafka
+        outage is why they were parked: they go once it is back)."""
+        failures = 0
+        while not (self._stopping.is_set() or over.is_set()):
+            cursor = 0
+            try:
+                while True:
+                    cursor, pairs = await parked.batch(cursor, _PARKED_BATCH)
+                    for field, raw in pairs:
+                        await self._release_one(parked, field, raw)
+                    if cursor == 0 or over.is_set():
+                        break
+            except Exception as exc:  # the scan itself (one entry's failure ends below)
+                pause = self._backoff("parked_scan_failed", exc, failures)
+                failures += 1
+            else:
+                pause, failures = self._limits.poll, 0
+            await self._pause(pause, over)
+
+    async def _release_one(self, parked: ParkedNotifications, field: bytes, raw: bytes) -> None:
+        """One parked entry: published and removed; one that is not a parked notification is
+        dead-lettered (`parked_corrupt`) and removed. No entry stops the others: an unexpected
+        error is counted and said, and the entry is tried again at the next scan."""
+        try:
+            try:
+                entry = decode_parked(field, raw)
+            except ParkedRecordError as exc:
+                self.stats["parked_corrupt"] += 1
+                self._log.error("parked_corrupt", field=_text(field.decode("ascii", "replace")))
+                await self._dead_letter_parked(field, raw, str(exc))
+            else:
+                await self._io(
+                    lambda: self._producer.send_and_wait(
+                        self._callbacks_topic, entry.envelope, key=entry.key
+                    )
+                )
+                self.stats["parked_released"] += 1
+                self._log.info(
+                    "parked_released",
+                    order=entry.key,
+                    parked_for=round(self._clock.time() - entry.parked_at, 3),
+                )
+            await self._io(lambda: parked.remove(field))
+        except Exception as exc:
+            self.stats["parked_error"] += 1
+            self._log.exception("parked_release_failed", error=type(exc).__name__)
+
+    async def _dead_letter_parked(self, field: bytes, raw: bytes, detail: str) -> None:
+        key = field.decode("ascii", "replace")[:64]
+        now = self._clock.time()
+        value = dead_letter("parked_corrupt", detail, DLQ_ORIGIN, raw, now)
+        try:
+            await self._io(lambda: self._producer.send_and_wait(self._dlq_topic, value, key=key))
+        except Exception:  # refused whole (too large): the reason alone, said
+            value = dead_letter(
+                "parked_corrupt", detail, DLQ_ORIGIN, b"", now, omit="refused by the DLQ"
+            )
+            await self._io(lambda: self._producer.send_and_wait(self._dlq_topic, value, key=key))
+        self.stats["dead_lettered"] += 1
 
     def _backoff(self, event: str, exc: Exception, failures: int) -> float:
         """Log a failed call of the sweep loop and return the pause before the next try: an

@@ -16,6 +16,7 @@ from prometheus_client import Gauge
 from shared.adapters.kafka import start_producer, start_when_available
 from shared.adapters.kafka_readiness import KafkaCheck, TopicSpec, wait_for_topics
 from shared.adapters.order_book import PENDING_KEY, OrderBook
+from shared.adapters.parked import PARKED_KEY, ParkedNotifications
 from shared.adapters.redis_client import connect_redis
 from shared.adapters.redis_lock import Locks
 from shared.clock import Clock, SystemClock
@@ -89,6 +90,7 @@ def build_sweeper(
         merchants=merchants,
         name=name,
         answer_sign_includes_envelope=settings.answer_sign_includes_envelope,
+        parked=ParkedNotifications(redis),
     )
 
 
@@ -189,6 +191,12 @@ class SweeperProbes:
             ["state"],
             registry=self.registry,
         )
+        self.parked = Gauge(
+            "paynotify_sweeper_parked_notifications",
+            "Notifications the ingress parked because Kafka did not take them, not yet "
+            "published by the sweeper (shared.adapters.parked).",
+            registry=self.registry,
+        )
 
     async def running(self) -> tuple[bool, str]:
         if self.sweeper is None:
@@ -203,6 +211,7 @@ class SweeperProbes:
             self.pending.labels("pending").set(await self.redis.zcard(PENDING_KEY))
             overdue = await self.redis.zcount(PENDING_KEY, "-inf", self.clock.time())
             self.pending.labels("overdue").set(overdue)
+            self.parked.set(await self.redis.hlen(PARKED_KEY))
         except Exception:  # Redis away: the last figures stay; /readyz says why
             return
 
