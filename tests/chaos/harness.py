@@ -29,7 +29,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from redis.asyncio import Redis
 
+from shared.adapters.parked import PARKED_KEY
 from shared.demo.driver import DemoConfig, DemoRun, Services, run_env, start_at_end
 from shared.demo.isolation import topic_partitions
 from shared.demo.observe import SandboxControl
@@ -343,9 +345,16 @@ class ChaosRun(DemoRun):
         return True
 
     async def _idle(self, sandbox: SandboxControl) -> bool:
-        """No notification in flight at the platform, nothing uncommitted on callbacks."""
+        """No notification in flight at the platform, none parked for the sweeper to publish,
+        nothing uncommitted on callbacks."""
         if (await sandbox.stats()).get("in_flight"):
             return False
+        redis = Redis.from_url(self.settings.redis_url, socket_timeout=5.0)
+        try:
+            if await redis.hlen(PARKED_KEY):
+                return False
+        finally:
+            await redis.aclose()
         sample = await self.monitor.sample()
         return sample is not None and not any(sample.lags.values())
 
