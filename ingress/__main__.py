@@ -21,7 +21,7 @@ from aiohttp import web
 
 from ingress.app import INGRESS, SERVER_HEADER, build_admin_app, build_app
 from shared.logs import configure_logging, get_logger
-from shared.merchants import MerchantsFileError, load_merchants
+from shared.merchants import LiveMerchants, MerchantsFileError
 from shared.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def main(args: argparse.Namespace | None = None) -> int:
         return EXIT_CONFIG
     configure_logging(settings.log_level, settings.log_format)
     try:
-        merchants = load_merchants(settings.require_merchants_file())
+        merchants = LiveMerchants(settings.require_merchants_file())
     except (SettingsError, MerchantsFileError):
         log.exception("ingress_config_invalid")
         return EXIT_CONFIG

@@ -9,6 +9,7 @@ HTTP out.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,8 @@ from shared.adapters.parked import ParkedNotifications
 from shared.adapters.redis_client import connect_redis
 from shared.clock import Clock, SystemClock
 from shared.logs import BoundLogger, get_logger
+from shared.merchants import LiveMerchants
+from shared.merchants_reload import watching
 from shared.platform.retry import wait_out
 from shared.protocol.catalog import PayTypeCatalog
 
@@ -283,6 +286,13 @@ async def _parking(app: web.Application) -> AsyncIterator[None]:
         await redis.aclose()
 
 
+async def _watch_merchants(live: LiveMerchants, app: web.Application) -> AsyncIterator[None]:
+    """SIGHUP or a changed file puts new keys to use at once (shared.merchants_reload)."""
+    ingress = app[INGRESS]
+    async with watching(live, every=ingress.settings.merchants_reload, clock=ingress.clock):
+        yield
+
+
 async def _kafka_clients(app: web.Application) -> AsyncIterator[None]:
     """The Kafka clients' lifetime. A broker that is away at start-up is waited out in the
     background: the ingress serves meanwhile, answering 503 `not_ready` (the platform retries)
@@ -427,6 +437,8 @@ def build_app(
     app[INGRESS] = ingress
     app.cleanup_ctx.append(_parking)
     app.cleanup_ctx.append(_kafka_clients)
+    if isinstance(merchants, LiveMerchants):  # the merchants file: reloaded while serving
+        app.cleanup_ctx.append(functools.partial(_watch_merchants, merchants))
     app.on_shutdown.append(_on_shutdown)
     app.on_response_prepare.append(_plain_server_header)
     app.router.add_route("*", "/notify", ingress.notify)

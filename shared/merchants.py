@@ -7,8 +7,10 @@ allow_from = ["203.0.113.0/24"]           # optional: source networks allowed to
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -17,7 +19,7 @@ from shared.protocol.fields import check_text, has_control_characters
 from shared.protocol.signing import MerchantKey
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterator
     from pathlib import Path
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -99,11 +101,65 @@ def _check_keys(mch_id: str, keys: list[str]) -> None:
 
 
 def load_merchants(path: Path) -> Mapping[str, Merchant]:
+    return _parse_file(path, _read(path))
+
+
+def _read(path: Path) -> bytes:
     try:
-        with path.open("rb") as handle:
-            document = tomllib.load(handle)
+        return path.read_bytes()
     except OSError as exc:
         raise MerchantsFileError(f"cannot read merchants file {path}: {exc.strerror}") from None
+
+
+def _parse_file(path: Path, raw: bytes) -> Mapping[str, Merchant]:
+    try:
+        document = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise MerchantsFileError(f"merchants file {path} is not UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise MerchantsFileError(f"merchants file {path} is not valid TOML: {exc}") from None
     return parse_merchants(document)
+
+
+class LiveMerchants(Mapping[str, Merchant]):
+    """The merchants file as it is now: a mapping the verifier, the platform client and the
+    reconciler read at each use, whose content `reload` replaces at once (a key rotation
+    without a restart). A file that does not load leaves the merchants as they were."""
+
+    __slots__ = ("_digest", "_merchants", "path", "reload_failures", "reloads")
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.reloads = 0  # new content taken
+        self.reload_failures = 0  # content that did not load (the old merchants kept)
+        raw = _read(path)
+        self._merchants = _parse_file(path, raw)
+        self._digest = hashlib.sha256(raw).digest()
+
+    def reload(self) -> bool:
+        """Read the file again: True when its content changed and now serves, False when it is
+        unchanged; raises `MerchantsFileError` (the merchants unchanged) when it does not load."""
+        raw = _read(self.path)
+        digest = hashlib.sha256(raw).digest()
+        if digest == self._digest:
+            return False
+        merchants = _parse_file(self.path, raw)
+        self._merchants, self._digest = merchants, digest
+        return True
+
+    @property
+    def keys_count(self) -> int:
+        """How many keys in all (to log a rotation without logging a key)."""
+        return sum(len(m.keys) for m in self._merchants.values())
+
+    def __getitem__(self, mch_id: str) -> Merchant:
+        return self._merchants[mch_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._merchants)
+
+    def __len__(self) -> int:
+        return len(self._merchants)
+
+    def __contains__(self, mch_id: object) -> bool:
+        return mch_id in self._merchants

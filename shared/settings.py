@@ -30,6 +30,7 @@ class Settings:
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     redis_url: str = "redis://127.0.0.1:6379/0"
     merchants_file: Path | None = None
+    merchants_reload: float = 10.0  # seconds between looks at the merchants file (0: SIGHUP only)
     platform_url: str = DEFAULT_SANDBOX_URL
     time_scale: float = 1.0
     order_records: Literal["required", "optional"] = "required"
@@ -76,6 +77,9 @@ class Settings:
             ),
             redis_url=read.text("REDIS_URL", cls.redis_url),
             merchants_file=read.path("PAYNOTIFY_MERCHANTS_FILE"),
+            merchants_reload=read.number(
+                "PAYNOTIFY_MERCHANTS_RELOAD_S", cls.merchants_reload, zero=True
+            ),
             platform_url=read.text("PAYNOTIFY_PLATFORM_URL", cls.platform_url),
             time_scale=read.number("PAYNOTIFY_TIME_SCALE", cls.time_scale),
             order_records=read.choice(  # type: ignore[arg-type]
@@ -154,7 +158,7 @@ class _Reader:
         raw = self._raw(name)
         return None if raw is None else Path(raw)
 
-    def number(self, name: str, default: float) -> float:
+    def number(self, name: str, default: float, *, zero: bool = False) -> float:
         raw = self._raw(name)
         if raw is None:
             return default
@@ -162,8 +166,11 @@ class _Reader:
             value = float(raw)
         except ValueError:
             raise SettingsError(f"{name} must be a number") from None
+        if zero and value == 0:
+            return 0.0
         if not value > 0 or value == float("inf"):
-            raise SettingsError(f"{name} must be a positive finite number")
+            kind = "zero or a positive finite number" if zero else "a positive finite number"
+            raise SettingsError(f"{name} must be {kind}")
         return value
 
     def integer(self, name: str, default: int, *, minimum: int = 1) -> int:

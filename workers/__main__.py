@@ -24,7 +24,8 @@ from shared.clock import Clock, SystemClock
 from shared.domain.decision import requery_schedule
 from shared.domain.sweep import SweepSchedule
 from shared.logs import get_logger
-from shared.merchants import load_merchants
+from shared.merchants import LiveMerchants
+from shared.merchants_reload import watching
 from shared.platform.client import PlatformClient
 from shared.probes import StatsCollector, new_registry, process_probes
 from shared.protocol.catalog import PayTypeCatalog
@@ -95,7 +96,7 @@ def build_reconciler(
 
 async def run_worker(settings: Settings, stop: asyncio.Event, clock: Clock | None = None) -> None:
     clock = clock or SystemClock()
-    merchants = load_merchants(settings.require_merchants_file())
+    merchants = LiveMerchants(settings.require_merchants_file())
     redis = connect_redis(
         settings.redis_url, max_connections=settings.worker_concurrency + REDIS_HEADROOM
     )
@@ -118,7 +119,10 @@ async def run_worker(settings: Settings, stop: asyncio.Event, clock: Clock | Non
     )  # fmt: skip
     probes = WorkerProbes(settings, clock, redis, consumer, runner, stats)
     try:
-        async with probes.serving(kafka):
+        async with (
+            watching(merchants, every=settings.merchants_reload, clock=clock),
+            probes.serving(kafka),
+        ):
             if not await wait_for_topics(kafka, stop=stop, clock=clock, log=get_logger("worker")):
                 return  # stopped before the topics were there
             await _run_worker(

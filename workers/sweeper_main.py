@@ -22,7 +22,8 @@ from shared.adapters.redis_lock import Locks
 from shared.clock import Clock, SystemClock
 from shared.domain.sweep import SweepSchedule
 from shared.logs import get_logger
-from shared.merchants import load_merchants
+from shared.merchants import LiveMerchants
+from shared.merchants_reload import watching
 from shared.platform.client import PlatformClient
 from shared.probes import StatsCollector, new_registry, process_probes
 from shared.service import serve
@@ -96,7 +97,7 @@ def build_sweeper(
 
 async def run_sweeper(settings: Settings, stop: asyncio.Event, clock: Clock | None = None) -> None:
     clock = clock or SystemClock()
-    merchants = load_merchants(settings.require_merchants_file())
+    merchants = LiveMerchants(settings.require_merchants_file())
     redis = connect_redis(
         settings.redis_url, max_connections=settings.sweep_concurrency + REDIS_HEADROOM
     )
@@ -106,15 +107,18 @@ async def run_sweeper(settings: Settings, stop: asyncio.Event, clock: Clock | No
         settings, TopicSpec.of(settings, (names.callbacks, names.events, names.dlq)), clock
     )
     try:
-        async with process_probes(
-            settings,
-            clock,
-            redis,
-            kafka=kafka,
-            name="sweeper",
-            running=probes.running,
-            registry=probes.registry,
-            refresh=probes.refresh,
+        async with (
+            watching(merchants, every=settings.merchants_reload, clock=clock),
+            process_probes(
+                settings,
+                clock,
+                redis,
+                kafka=kafka,
+                name="sweeper",
+                running=probes.running,
+                registry=probes.registry,
+                refresh=probes.refresh,
+            ),
         ):
             if not await wait_for_topics(kafka, stop=stop, clock=clock, log=get_logger("sweeper")):
                 return  # stopped before the topics were there
@@ -140,9 +144,7 @@ async def _run_sweeper(  # noqa: PLR0917 - the collaborators run_sweeper built
     platform = PlatformClient.without_retries(
         settings, merchants, clock=clock, limit=settings.sweep_concurrency
     )
-    sweeper = build_sweeper(
-        settings, redis, platform, producer, clock=clock, merchants=frozenset(merchants)
-    )
+    sweeper = build_sweeper(settings, redis, platform, producer, clock=clock, merchants=merchants)
     probes.sweeper = sweeper
     try:
         log.info(

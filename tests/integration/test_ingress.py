@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
+import signal
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -26,12 +28,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from ingress.app import INGRESS, build_app
 from shared.adapters.kafka import CallbackEnvelope, start_admin
 from shared.adapters.topics import ensure_topics
-from shared.merchants import parse_merchants
+from shared.merchants import LiveMerchants, parse_merchants
 from shared.protocol.signing import MerchantKey, signed
 from shared.settings import Settings
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
+    from pathlib import Path
 
     from aiokafka.structs import ConsumerRecord
 
@@ -267,6 +270,44 @@ async def test_per_merchant_url_and_previous_key_are_accepted(
     assert (await post_form(http, f"{ingress.url}/notify/{MCH}", form))[:2] == (200, "success")
     record = await callbacks.until(key_is(f"{MCH}:{order}"))
     assert CallbackEnvelope.decode(record.value).key_id == MerchantKey.from_secret(OLD_KEY).key_id
+
+
+async def test_a_key_rotation_in_the_merchants_file_takes_effect_without_a_restart(
+    settings: Settings, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """The rotation of docs/operations.md on a running ingress: the new key added first (SIGHUP),
+    both verify while the platform switches, then the old one removed (the file watch sees it
+    without a signal). No notification signed with a listed key is refused on the way."""
+    new_key = "9f8e7d6c5b4a39281706f5e4d3c2b1a0"
+    path = tmp_path / "merchants.toml"
+
+    def write(*keys: str) -> None:
+        quoted = ", ".join(f'"{key}"' for key in keys)
+        path.write_text(f"[merchants.{MCH}]\nkeys = [{quoted}]\n")
+
+    async def status(key: str) -> int:
+        form = signed({**notification(new_order()), "sign": ""}, key)
+        return (await post_form(http, f"{ingress.url}/notify", form))[0]
+
+    async def until(key: str, expected: int) -> None:
+        async with asyncio.timeout(WAIT):
+            while await status(key) != expected:
+                await asyncio.sleep(0.05)
+
+    write(KEY)
+    live = LiveMerchants(path)
+    watched = dataclasses.replace(settings, merchants_reload=0.2)
+    async with serve(build_app(watched, live)) as ingress:
+        await until(KEY, 200)  # the Kafka clients are up
+        assert await status(new_key) == 401
+        write(new_key, KEY)
+        os.kill(os.getpid(), signal.SIGHUP)
+        await until(new_key, 200)
+        assert await status(KEY) == 200  # still listed: never refused during the switch
+        write(new_key)
+        await until(KEY, 401)
+        assert await status(new_key) == 200
+        assert live.reloads == 2
 
 
 async def test_allow_from_admits_the_listed_network(
