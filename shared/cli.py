@@ -58,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
         help="Kafka nodes: 1 (default), or 3 for a KRaft cluster with replication 3 and "
         "min.insync.replicas 2 (down/status: as `up` made it)",
     )
+    stack.add_argument(
+        "--redis-cluster",
+        type=int,
+        metavar="N",
+        help="run Redis as a local Redis Cluster of N primaries (e.g. 3) instead of one server; "
+        "REDIS_URL is then redis+cluster://... (down/status: as `up` made it)",
+    )
 
     for name, text in (
         ("sign", "print a form's signature"),
