@@ -7,7 +7,7 @@ PYTHON  ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
              command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
              2>/dev/null && { echo $$p; break; }; done)
 
-.PHONY: install services-deps test test-unit test-integration lint fmt stack-up stack-down run bench chaos chaos-short clean
+.PHONY: install services-deps test test-unit test-integration test-cluster lint fmt stack-up stack-down run bench chaos chaos-short clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "paynotify needs Python 3.11 or newer (python3.11, python3.12 or python3.13 on PATH)" >&2; exit 1; }
@@ -33,6 +33,10 @@ test-unit: install
 
 test-integration: install services-deps
 	$(PY) -m pytest -m "integration or e2e"
+
+# The integration and e2e tiers once more, on a local three-primary Redis Cluster (docs/scaling.md).
+test-cluster: install services-deps
+	PAYNOTIFY_TEST_REDIS_CLUSTER=1 $(PY) -m pytest -m "integration or e2e"
 
 lint: install
 	$(BIN)/ruff check .
