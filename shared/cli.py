@@ -37,6 +37,10 @@ _HANDLERS = {
     "worker": "workers.__main__:main",
     "sweeper": "workers.sweeper_main:main",
     "topics": "shared.adapters.topics:main",
+    "status": "shared.ops.status:main",
+    "dlq": "shared.ops.dlq:main",
+    "replay": "shared.ops.replay:main",
+    "requery": "shared.ops.requery:main",
 }
 
 
@@ -127,7 +131,79 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="raise the partitions of a topic that has fewer than configured (never lowers)",
     )
+    _repair_tools(sub)
     return parser
+
+
+def _repair_options(cmd: argparse.ArgumentParser, *, read_only: bool = False) -> None:
+    """What every repair tool takes (docs/operations.md, "Repair tools")."""
+    also = " (this tool only reads anyway)" if read_only else ""
+    cmd.add_argument(
+        "--dry-run", action="store_true", help=f"change nothing{also}; say what would be done"
+    )
+    cmd.add_argument(
+        "--timeout",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="deadline of each network step, Kafka, Redis or the platform (default 15)",
+    )
+
+
+def _selection(cmd: argparse.ArgumentParser, *, events: bool = False) -> None:
+    """Filters of dlq list/redrive and replay; each may be given several times (any of them
+    matches), different filters must all hold."""
+    if not events:
+        cmd.add_argument("--reason", action="append", help="a dead letter's reason")
+    cmd.add_argument("--merchant", action="append", metavar="MCH_ID", help="a merchant id")
+    cmd.add_argument("--order", action="append", metavar="MCH_ID:MCH_ORDER", help="an order")
+    if events:
+        cmd.add_argument(
+            "--type", action="append", help="an event type (paynotify.payment.succeeded, ...)"
+        )
+    when = "decided" if events else "dead-lettered"
+    for name, side in (("--since", "at or after"), ("--until", "before")):
+        cmd.add_argument(
+            name,
+            metavar="TIME",
+            help=f"{when} {side} TIME: RFC 3339 (2026-05-01T10:00:00Z), a date, Unix "
+            "seconds, or an age (30m, 2h, 7d)",
+        )
+
+
+def _repair_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    status = sub.add_parser(
+        "status",
+        help="topics, lag, dead letters, pending orders, retries, the sweeper's lease",
+    )
+    status.add_argument("--json", action="store_true", help="one JSON document, for scripts")
+    _repair_options(status, read_only=True)
+
+    dlq = sub.add_parser("dlq", help="list dead letters, or redrive them to their source topic")
+    dlq.add_argument("action", choices=("list", "redrive"))
+    _selection(dlq)
+    dlq.add_argument("--json", action="store_true", help="list: one JSON object a line")
+    dlq.add_argument("--limit", type=int, metavar="N", help="list: show at most N")
+    dlq.add_argument("--all", action="store_true", help="redrive: every dead letter, unfiltered")
+    _repair_options(dlq)
+
+    replay = sub.add_parser(
+        "replay", help="publish recorded outcome events again, with their ids, byte for byte"
+    )
+    _selection(replay, events=True)
+    replay.add_argument("--all", action="store_true", help="every event, unfiltered")
+    replay.add_argument(
+        "--to", metavar="TOPIC", help="an existing topic to publish to (default: the events topic)"
+    )
+    _repair_options(replay)
+
+    requery = sub.add_parser(
+        "requery",
+        help="query the platform for one order now and settle it through the workers (补单)",
+    )
+    requery.add_argument("mch_id", metavar="MCH_ID")
+    requery.add_argument("mch_order", metavar="MCH_ORDER")
+    _repair_options(requery)
 
 
 def _resolve(target: str) -> Callable[[argparse.Namespace], int]:
