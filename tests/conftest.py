@@ -7,6 +7,10 @@ Where they come from, in order:
 3. testcontainers, when a Docker engine answers;
 otherwise every test that needs a service **fails** with a message naming what is missing. They are
 never skipped: a green run means the services were really there.
+
+`PAYNOTIFY_TEST_REDIS_CLUSTER=1` runs the session's Redis as a local three-primary Redis Cluster
+(shared.stack.redis_cluster) instead of one server: `make test-cluster` runs the integration and
+e2e tiers that way. Modules that stop and start a Redis of their own keep a single server.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import pytest
 from hypothesis import settings
 
 from shared.stack.local import LocalStack, free_port
+from shared.stack.redis_cluster import LocalRedisCluster
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -74,6 +79,9 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         yield Services(kafka, redis, "environment")
         return
     missing = _missing_for_local_stack()
+    if not missing and redis_cluster_wanted():
+        yield from _with_cluster(tmp_path_factory)
+        return
     if not missing:
         stack = LocalStack(
             state_dir=tmp_path_factory.mktemp("stack"),
@@ -98,6 +106,26 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         "no Kafka/Redis for integration tests: set KAFKA_BOOTSTRAP_SERVERS and REDIS_URL, or "
         f"install {', '.join(missing)} for the local stack, or run a Docker engine"
     )
+
+
+def redis_cluster_wanted() -> bool:
+    return os.environ.get("PAYNOTIFY_TEST_REDIS_CLUSTER", "") not in {"", "0"}
+
+
+def _with_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    stack = LocalStack(
+        state_dir=tmp_path_factory.mktemp("stack"), kafka_port=free_port(), redis_port=0
+    )
+    cluster = LocalRedisCluster(stack, primaries=3)
+    cluster.up()
+    try:
+        stack.start_kafka()
+        try:
+            yield Services(stack.bootstrap_servers, cluster.url, "local stack, Redis Cluster")
+        finally:
+            stack.stop_kafka()
+    finally:
+        cluster.down()
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from prometheus_client import Gauge
 from shared.adapters.kafka import start_producer, start_when_available
 from shared.adapters.kafka_readiness import KafkaCheck, TopicSpec, wait_for_topics
 from shared.adapters.order_book import OrderBook
-from shared.adapters.outcomes import RETRY_KEY, OutcomeStore
+from shared.adapters.outcomes import OutcomeStore, retry_figures
 from shared.adapters.redis_client import connect_redis
 from shared.clock import Clock, SystemClock
 from shared.domain.decision import requery_schedule
@@ -239,6 +239,8 @@ class WorkerProbes:
         stats: Counter[str],
     ) -> None:
         self.settings, self.clock, self.redis, self.consumer = settings, clock, redis, consumer
+        # For the retry set's figures (the TTLs are not used).
+        self.store = OutcomeStore(redis, outcome_ttl_seconds=1, lock_ttl_ms=1)
         self.started = False
         self.registry = new_registry("worker")
         self.registry.register(
@@ -287,8 +289,8 @@ class WorkerProbes:
                 position = await self.consumer.position(tp)
                 self.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - position))
         try:
-            self.retries.labels("scheduled").set(await self.redis.zcard(RETRY_KEY))
-            due = await self.redis.zcount(RETRY_KEY, "-inf", self.clock.time())
+            scheduled, due = await retry_figures(self.store, self.clock.time())
+            self.retries.labels("scheduled").set(scheduled)
             self.retries.labels("due").set(due)
         except Exception:
             return

@@ -15,7 +15,7 @@ from prometheus_client import Gauge
 
 from shared.adapters.kafka import start_producer, start_when_available
 from shared.adapters.kafka_readiness import KafkaCheck, TopicSpec, wait_for_topics
-from shared.adapters.order_book import PENDING_KEY, OrderBook
+from shared.adapters.order_book import OrderBook, pending_figures
 from shared.adapters.parked import PARKED_KEY, ParkedNotifications
 from shared.adapters.redis_client import connect_redis
 from shared.adapters.redis_lock import Locks
@@ -176,6 +176,7 @@ class SweeperProbes:
 
     def __init__(self, clock: Clock, redis: Redis) -> None:
         self.clock, self.redis = clock, redis
+        self.book = OrderBook(redis, clock)  # for the index's figures
         self.sweeper: Sweeper | None = None
         self.stats: Counter[str] = Counter()  # the sweeper's, once it runs
         self.registry = new_registry("sweeper")
@@ -210,8 +211,8 @@ class SweeperProbes:
             self.stats.clear()
             self.stats.update(self.sweeper.stats)
         try:
-            self.pending.labels("pending").set(await self.redis.zcard(PENDING_KEY))
-            overdue = await self.redis.zcount(PENDING_KEY, "-inf", self.clock.time())
+            pending, overdue = await pending_figures(self.book, self.clock.time())
+            self.pending.labels("pending").set(pending)
             self.pending.labels("overdue").set(overdue)
             self.parked.set(await self.redis.hlen(PARKED_KEY))
         except Exception:  # Redis away: the last figures stay; /readyz says why

@@ -1,16 +1,23 @@
 """The merchant's order book in Redis: every order it created, and an index of the pending ones.
 
-Keys (docs/order-book.md; one Redis, not Redis Cluster, since scripts touch several keys):
-- `pn:order:{mch_id}:{mch_order}` HASH mch_id, mch_order, amt (li), pay_type, created_at (Unix
+Keys (docs/order-book.md; shared.adapters.redis_keys: one Redis or a Redis Cluster):
+- `pn:order:{mch_id:mch_order}` HASH mch_id, mch_order, amt (li), pay_type, created_at (Unix
   seconds), state (pending|settled|expired|failed); optional outcome (event type), settled_at,
   reason, sweep_attempts, sweep_failures, transfer_amt (li a bank transfer was asked to pay),
   sweep_hopeless, sweep_stopped (why the sweeper stopped polling it), sweep_stopped_at.
-- `pn:orders:pending` ZSET member `mch_id:mch_order`, score = when the sweeper next looks at it.
-- `pn:expired:{mch_id}:{mch_order}` the marker that makes `order.expired` go out once.
+- `pn:orders:pending:{pending:N}`, N = 0..15: the pending index, ZSETs of members
+  `mch_id:mch_order` (each in the shard `shared.adapters.redis_keys.shard_of` names), score =
+  when the sweeper next looks at it.
+- `pn:expired:{mch_id:mch_order}` the marker that makes `order.expired` go out once.
 - `pn:sweeper:lease` the lease of the one active sweeper.
 
+A record's keys share a slot; the index's shards are elsewhere, so a script changes the record
+and the index is changed by a command after it, in an order whose loss is harmless: a member whose
+record is no longer pending is dropped when the sweeper next claims it, and recording an order
+again puts a pending one back in the index.
+
 The workers settle records in their own script (shared/adapters/outcomes.py): state=settled,
-outcome, settled_at, and the member leaves the pending index.
+outcome, settled_at, and the member then leaves the pending index.
 """
 
 from __future__ import annotations
@@ -18,7 +25,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
+from shared.adapters import redis_keys
 from shared.adapters.outages import REDIS_OUTAGES
+from shared.adapters.redis_keys import (
+    EXPIRED_PREFIX,
+    ORDER_PREFIX,
+    SWEEPER_LEASE_KEY,
+    pending_keys,
+)
+from shared.adapters.schedules import ShardedSchedule
 from shared.domain.orders import OrderRecord, OrderState
 from shared.protocol.fields import FieldError, check_text, parse_int
 from shared.protocol.payment import MAX_AMOUNT_LI, order_key
@@ -32,25 +47,28 @@ if TYPE_CHECKING:
     from shared.domain.sweep import SweepSchedule
     from shared.settings import Settings
 
-ORDER_PREFIX: Final = "pn:order:"
-PENDING_KEY: Final = "pn:orders:pending"
-EXPIRED_PREFIX: Final = "pn:expired:"
-SWEEPER_LEASE_KEY: Final = "pn:sweeper:lease"
+__all__ = ["EXPIRED_PREFIX", "ORDER_PREFIX", "SWEEPER_LEASE_KEY"]  # re-exported for callers
+
 ORDER_FIELDS: Final = ("mch_id", "mch_order", "amt", "pay_type", "created_at")
 _COMPARED: Final = ("amt", "pay_type", "created_at")  # what a second recording must agree on
 
 
 def order_record_key(mch_id: str, mch_order: str) -> str:
-    return ORDER_PREFIX + order_key(mch_id, mch_order)
+    return redis_keys.order_record_key(order_key(mch_id, mch_order))
 
 
 def record_key_of(member: bytes | str) -> str:
     """The record's key for a member of the pending index (members are `mch_id:mch_order`)."""
-    return ORDER_PREFIX + (member.decode() if isinstance(member, bytes) else member)
+    return redis_keys.order_record_key(member.decode() if isinstance(member, bytes) else member)
 
 
 def expired_marker_key(mch_id: str, mch_order: str) -> str:
-    return EXPIRED_PREFIX + order_key(mch_id, mch_order)
+    return redis_keys.expired_marker_key(order_key(mch_id, mch_order))
+
+
+async def pending_figures(book: OrderBook, now: float) -> tuple[int, int]:
+    """(orders in the pending index, of which due by `now`): for metrics."""
+    return await book.pending.count(), sum(await book.pending.due_counts(now))
 
 
 class OrderLike(Protocol):
@@ -167,18 +185,20 @@ def decode_record(mapping: Mapping[bytes | str, bytes | str]) -> OrderRecord | N
 
 
 # Fills in missing order fields one by one (HSETNX), so a second recording never overwrites
-# anything, least of all a settled state; only a newly set state enters the pending index.
-# Returns {state_was_new, stored amt, stored pay_type, stored created_at}.
+# anything, least of all a settled state. Returns {state_was_new, stored amt, stored pay_type,
+# stored created_at, 1 when the order should be in the pending index (pending, and the sweeper
+# has not given up on it)}: the caller then adds it there (ZADD NX), which also puts back one
+# whose first recording died between the two steps.
 _RECORD = """
 local fields = {'mch_id', 'mch_order', 'amt', 'pay_type', 'created_at'}
 for i, name in ipairs(fields) do redis.call('HSETNX', KEYS[1], name, ARGV[i]) end
 local new = redis.call('HSETNX', KEYS[1], 'state', 'pending')
-if new == 1 then
-  redis.call('ZADD', KEYS[2], ARGV[6], ARGV[7])
-  if tonumber(ARGV[8]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[8]) end
-end
+if new == 1 and tonumber(ARGV[6]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[6]) end
+local index = 0
+if redis.call('HGET', KEYS[1], 'state') == 'pending'
+   and not redis.call('HGET', KEYS[1], 'sweep_stopped') then index = 1 end
 return {new, redis.call('HGET', KEYS[1], 'amt'), redis.call('HGET', KEYS[1], 'pay_type'),
-        redis.call('HGET', KEYS[1], 'created_at')}
+        redis.call('HGET', KEYS[1], 'created_at'), index}
 """
 
 # The sum a bank transfer was asked to pay, kept once: a later, different one is refused.
@@ -188,76 +208,65 @@ redis.call('HSETNX', KEYS[1], 'transfer_amt', ARGV[1])
 return redis.call('HGET', KEYS[1], 'transfer_amt')
 """
 
+# Then the member leaves the index (the caller's next command; a member left behind is dropped
+# when the sweeper next claims it and finds the record failed).
 _MARK_FAILED = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'failed', 'reason', ARGV[2])
-redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[1], 'state', 'failed', 'reason', ARGV[1])
 return 1
 """
 
-
-# Claims due orders by pushing their score to the end of a hold: a sweeper that dies holding
-# them lets them come due again, and a second sweeper never picks an order that one is querying.
-_CLAIM = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
-for _, member in ipairs(due) do redis.call('ZADD', KEYS[1], 'XX', ARGV[2], member) end
-return due
-"""
-
-# Schedules the next look at a still pending order (XX: an order the workers settled meanwhile
-# has left the index and stays out). ARGV[3]: count a query; ARGV[4]: failures 'inc' or 'reset'
-# (an answer: both counts of failures in a row start again); ARGV[5]: 'inc' a hopeless failure.
+# Counts the sweeper's query of a still pending order; the caller then schedules its next look
+# (ZADD XX: an order the workers settled meanwhile has left the index and stays out), or drops
+# the member when this returns 0. ARGV[1]: count a query; ARGV[2]: failures 'inc' or 'reset'
+# (an answer: both counts of failures in a row start again); ARGV[3]: 'inc' a hopeless failure.
 _RESCHEDULE = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  return 0
-end
-redis.call('ZADD', KEYS[2], 'XX', ARGV[2], ARGV[1])
-if ARGV[3] == '1' then redis.call('HINCRBY', KEYS[1], 'sweep_attempts', 1) end
-if ARGV[4] == 'inc' then redis.call('HINCRBY', KEYS[1], 'sweep_failures', 1)
-elseif ARGV[4] == 'reset' then
+if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return 0 end
+if ARGV[1] == '1' then redis.call('HINCRBY', KEYS[1], 'sweep_attempts', 1) end
+if ARGV[2] == 'inc' then redis.call('HINCRBY', KEYS[1], 'sweep_failures', 1)
+elseif ARGV[2] == 'reset' then
   redis.call('HSET', KEYS[1], 'sweep_failures', 0, 'sweep_hopeless', 0)
 end
-if ARGV[5] == 'inc' then redis.call('HINCRBY', KEYS[1], 'sweep_hopeless', 1) end
+if ARGV[3] == 'inc' then redis.call('HINCRBY', KEYS[1], 'sweep_hopeless', 1) end
 return 1
 """
 
-# The sweeper gives up on an order: out of the index, and a record that is still pending (or is
-# broken) says why. Settled, expired and failed records are left as they are.
+# The sweeper gives up on an order: a record that is still pending (or is broken) says why, then
+# (the caller's next command) the member leaves the index; in that order, so a member is never
+# out of the index with its record still unmarked. Settled, expired and failed records are left
+# as they are.
 _STOP_SWEEPING = """
-redis.call('ZREM', KEYS[2], ARGV[1])
 if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return 0 end
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'settled' or state == 'expired' or state == 'failed' then return 0 end
-redis.call('HSET', KEYS[1], 'sweep_stopped', ARGV[2], 'sweep_stopped_at', ARGV[3])
+redis.call('HSET', KEYS[1], 'sweep_stopped', ARGV[1], 'sweep_stopped_at', ARGV[2])
 return 1
 """
 
 # Before publishing order.expired: 'emit' the first time (SET NX on the marker), 'done' once a
 # publish was confirmed, 'gone' when the order is no longer pending. A marker still 'emitting'
 # means an earlier attempt died between publish and confirm: emit again, with the same event id.
+# KEYS: the record and its marker (one slot); the caller drops the member on 'gone'.
 _BEGIN_EXPIRE = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  return 'gone'
-end
+if redis.call('HGET', KEYS[1], 'state') ~= 'pending' then return 'gone' end
 local taken
-if tonumber(ARGV[2]) > 0 then
-  taken = redis.call('SET', KEYS[3], 'emitting', 'NX', 'EX', ARGV[2])
+if tonumber(ARGV[1]) > 0 then
+  taken = redis.call('SET', KEYS[2], 'emitting', 'NX', 'EX', ARGV[1])
 else
-  taken = redis.call('SET', KEYS[3], 'emitting', 'NX')
+  taken = redis.call('SET', KEYS[2], 'emitting', 'NX')
 end
 if taken then return 'emit' end
-if redis.call('GET', KEYS[3]) == 'emitted' then return 'done' end
+if redis.call('GET', KEYS[2]) == 'emitted' then return 'done' end
 return 'emit'
 """
 
+# Then the caller drops the member (a member left behind is dropped at its next claim: the
+# record is no longer pending).
 _FINISH_EXPIRE = """
-redis.call('SET', KEYS[3], 'emitted', 'KEEPTTL')
+redis.call('SET', KEYS[2], 'emitted', 'KEEPTTL')
 if redis.call('HGET', KEYS[1], 'state') == 'pending' then
-  redis.call('HSET', KEYS[1], 'state', 'expired', 'expired_at', ARGV[2])
+  redis.call('HSET', KEYS[1], 'state', 'expired', 'expired_at', ARGV[1])
 end
-redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 """
 
@@ -283,7 +292,7 @@ class OrderBook:
         self._record = redis.register_script(_RECORD)
         self._mark_failed = redis.register_script(_MARK_FAILED)
         self._transfer_amt = redis.register_script(_TRANSFER_AMT)
-        self._claim = redis.register_script(_CLAIM)
+        self.pending = ShardedSchedule(redis, pending_keys())
         self._reschedule = redis.register_script(_RESCHEDULE)
         self._stop_sweeping = redis.register_script(_STOP_SWEEPING)
         self._begin_expire = redis.register_script(_BEGIN_EXPIRE)
@@ -315,13 +324,14 @@ class OrderBook:
             if self._schedule is None
             else self._schedule.first_due(order.created_at)
         )
-        new, *stored = await self._record(
-            keys=[order_record_key(order.mch_id, order.mch_order), PENDING_KEY],
-            args=[
-                *values, created_at, repr(first_due), order_key(order.mch_id, order.mch_order),
-                self._record_ttl,
-            ],
-        )  # fmt: skip
+        new, *stored, index = await self._record(
+            keys=[order_record_key(order.mch_id, order.mch_order)],
+            args=[*values, created_at, self._record_ttl],
+        )
+        if index:
+            await self.pending.add(
+                _raw(order_key(order.mch_id, order.mch_order)), first_due, only="nx"
+            )
         given = (str(order.amt), str(order.pay_type), created_at)
         differing = [
             name
@@ -348,10 +358,8 @@ class OrderBook:
     async def mark_failed(self, mch_id: str, mch_order: str, reason: str) -> None:
         """The platform refused to create the order: a pending record becomes failed and leaves
         the index. A record in any other state is left as it is."""
-        await self._mark_failed(
-            keys=[order_record_key(mch_id, mch_order), PENDING_KEY],
-            args=[order_key(mch_id, mch_order), reason],
-        )
+        if await self._mark_failed(keys=[order_record_key(mch_id, mch_order)], args=[reason]):
+            await self.pending.remove(_raw(order_key(mch_id, mch_order)))
 
     async def get(self, mch_id: str, mch_order: str) -> OrderRecord | None:
         return decode_record(await self._redis.hgetall(order_record_key(mch_id, mch_order)))
@@ -360,7 +368,7 @@ class OrderBook:
         return decode_entry(await self._redis.hgetall(order_record_key(mch_id, mch_order)))
 
     async def pending_count(self) -> int:
-        return int(await self._redis.zcard(PENDING_KEY))
+        return await self.pending.count()
 
     # --- the sweeper's side -----------------------------------------------------------------
 
@@ -370,9 +378,7 @@ class OrderBook:
         A member that is not UTF-8 (written by something else) keeps its bytes as surrogate
         escapes, so the book's methods still find it, and `entries` reports it as corrupt."""
         now = self._clock.time()
-        members: list[bytes] = await self._claim(
-            keys=[PENDING_KEY], args=[repr(now), repr(now + hold), limit]
-        )
+        members = await self.pending.claim(now, now + hold, limit)
         return [member.decode("utf-8", "surrogateescape") for member in members]
 
     async def entries(
@@ -405,45 +411,45 @@ class OrderBook:
         (an answer) resets the counts of failures in a row, None leaves them; `hopeless` counts
         a failure that retrying cannot fix. False when the order is no longer pending."""
         failures = "keep" if failed is None else ("inc" if failed else "reset")
-        done = await self._reschedule(
-            keys=[_record_key_raw(member), PENDING_KEY],
-            args=[
-                _raw(member), repr(due), "1" if queried else "0", failures,
-                "inc" if hopeless else "keep",
-            ],
-        )  # fmt: skip
-        return bool(done)
+        pending = await self._reschedule(
+            keys=[_record_key_raw(member)],
+            args=["1" if queried else "0", failures, "inc" if hopeless else "keep"],
+        )
+        if pending:
+            await self.pending.add(_raw(member), due, only="xx")
+        else:
+            await self.pending.remove(_raw(member))
+        return bool(pending)
 
     async def stop_sweeping(self, member: str, reason: str) -> bool:
         """The sweeper gives up on an order: it leaves the index for good and its record (if
         still pending) gets `sweep_stopped` = `reason`. True when a record was marked."""
         done = await self._stop_sweeping(
-            keys=[_record_key_raw(member), PENDING_KEY],
-            args=[_raw(member), reason, repr(self._clock.time())],
+            keys=[_record_key_raw(member)], args=[reason, repr(self._clock.time())]
         )
+        await self.pending.remove(_raw(member))
         return bool(done)
 
     async def drop(self, member: str) -> None:
         """Take a member out of the pending index (its record is gone or no longer pending)."""
-        await self._redis.zrem(PENDING_KEY, _raw(member))
+        await self.pending.remove(_raw(member))
 
     async def begin_expire(self, record: OrderRecord) -> str:
         """'emit', 'done' or 'gone'; see the script's comment."""
-        result = await self._begin_expire(
-            keys=self._expire_keys(record), args=[record.order_key, self._record_ttl]
-        )
-        return result.decode() if isinstance(result, bytes) else str(result)
+        result = await self._begin_expire(keys=self._expire_keys(record), args=[self._record_ttl])
+        found = result.decode() if isinstance(result, bytes) else str(result)
+        if found == "gone":
+            await self.pending.remove(_raw(record.order_key))
+        return found
 
     async def finish_expire(self, record: OrderRecord) -> None:
         """The order.expired event is published: mark it so, and the order expired."""
-        await self._finish_expire(
-            keys=self._expire_keys(record), args=[record.order_key, repr(self._clock.time())]
-        )
+        await self._finish_expire(keys=self._expire_keys(record), args=[repr(self._clock.time())])
+        await self.pending.remove(_raw(record.order_key))
 
     def _expire_keys(self, record: OrderRecord) -> list[str]:
         return [
             order_record_key(record.mch_id, record.mch_order),
-            PENDING_KEY,
             expired_marker_key(record.mch_id, record.mch_order),
         ]
 
@@ -454,7 +460,7 @@ def _raw(member: str) -> bytes:
 
 
 def _record_key_raw(member: str) -> bytes:
-    return ORDER_PREFIX.encode() + _raw(member)
+    return _raw(redis_keys.order_record_key(member))
 
 
 def _decode_claimed(

@@ -1,30 +1,32 @@
 """The workers' Redis state: per-payment locks, write-once outcomes, and the durable retry set.
 
-Each step of a settled notification is one Lua script, so the common path costs two round trips:
-`begin` (is there an outcome? else take the lock and read the merchant's record) and `decide`
-(write the outcome once, settle the order record, release the lock). Marking outcomes published
-is batched per commit cycle.
+Each step of a settled notification is one Lua script on the payment's own keys (one hash slot,
+shared.adapters.redis_keys), so the common path costs two round trips: `begin` (is there an
+outcome? else take the lock and read the merchant's record) and `decide` (write the outcome
+once, settle the order record, release the lock), plus a `ZREM` from the pending index when a
+record was settled. Marking outcomes published is batched per commit cycle.
 
-Keys (one Redis, or a Sentinel pair; not Redis Cluster, since scripts touch several keys):
-- `pn:outcome:{mch_id}:{mch_order}` HASH type, id, event (the CloudEvent JSON), published 0|1,
+Keys (one Redis, a Sentinel pair, or a Redis Cluster):
+- `pn:outcome:{mch_id:mch_order}` HASH type, id, event (the CloudEvent JSON), published 0|1,
   decided_at; expires after `PAYNOTIFY_OUTCOME_TTL_DAYS`.
-- `pn:lock:{mch_id}:{mch_order}` the reconciliation lock (`SET NX PX`, token).
-- `pn:retry` ZSET of deferred work, score = when it is due (Unix seconds).
-- the order book's `pn:order:...` and `pn:orders:pending` (docs/order-book.md).
+- `pn:lock:{mch_id:mch_order}` the reconciliation lock (`SET NX PX`, token).
+- `pn:retry:{retry:N}`, N = 0..15: the retry set's shards, ZSETs of deferred work, score = when
+  it is due (Unix seconds).
+- the order book's `pn:order:{...}` and `pn:orders:pending:{pending:N}` (docs/order-book.md).
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from shared.adapters.order_book import (
-    PENDING_KEY,
-    CorruptRecordError,
-    decode_record,
-    order_record_key,
-)
+from shared.adapters import redis_keys
+from shared.adapters.order_book import CorruptRecordError, decode_record, order_record_key
+from shared.adapters.redis_client import is_cluster
+from shared.adapters.schedules import ShardedSchedule
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -33,58 +35,50 @@ if TYPE_CHECKING:
 
     from shared.domain.orders import OrderRecord
 
-RETRY_KEY = "pn:retry"
+outcome_key = redis_keys.outcome_key
+lock_key = redis_keys.lock_key
+# Outcome keys of different slots marked at once on a cluster (one script call per slot).
+_MARK_CONCURRENCY = 8
 
-
-def outcome_key(order_key: str) -> str:
-    return f"pn:outcome:{order_key}"
-
-
-def lock_key(order_key: str) -> str:
-    return f"pn:lock:{order_key}"
-
-
+# KEYS[3], the merchant's record, only when it is this payment's own order (same slot): a repeat
+# payment's record is its origin order's, read by the caller once it holds the lock.
 _BEGIN = """
 local outcome = redis.call('HGETALL', KEYS[1])
 if #outcome > 0 then return {1, outcome} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {2, redis.call('HGETALL', KEYS[3])}
+  if #KEYS > 2 then return {2, redis.call('HGETALL', KEYS[3])} end
+  return {2, {}}
 end
 return {3, {}}
 """
 
 # Writes the outcome only if none exists; either way releases the caller's lock, and returns the
 # outcome that stands (the existing one wins: two outcomes for one payment cannot both be kept).
+# KEYS[3] is the payment's own order record (settled when ARGV[7] is '1'); the third value says
+# whether it was, and the caller then takes the order out of the pending index (a member left
+# behind is dropped at the sweeper's next claim: the record is settled).
 _DECIDE = """
 local existing = redis.call('HGETALL', KEYS[1])
 local written = 0
+local settled = 0
 if #existing == 0 then
   redis.call('HSET', KEYS[1], 'type', ARGV[2], 'id', ARGV[3], 'event', ARGV[4],
              'published', '0', 'decided_at', ARGV[5])
   redis.call('EXPIRE', KEYS[1], ARGV[6])
-  if ARGV[8] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then
+  if ARGV[7] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then
     redis.call('HSET', KEYS[3], 'state', 'settled', 'outcome', ARGV[2], 'settled_at', ARGV[5])
-    redis.call('ZREM', KEYS[4], ARGV[7])
+    settled = 1
   end
   written = 1
 end
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
-return {written, existing}
+return {written, existing, settled}
 """
 
-# Releases the caller's lock and schedules the work again (or only releases, with no member).
-_DEFER = """
+# Releases the caller's lock (compare and delete).
+_RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-if ARGV[3] ~= '' then redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3]) end
 return 1
-"""
-
-# Claims due retries by pushing their score to the end of a lease: a worker that dies while
-# holding them lets them come due again, so no deferred work is lost.
-_CLAIM = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
-for _, member in ipairs(due) do redis.call('ZADD', KEYS[1], 'XX', ARGV[2], member) end
-return due
 """
 
 _MARK_PUBLISHED = """
@@ -151,8 +145,9 @@ class OutcomeStore:
         self._lock_ttl_ms = lock_ttl_ms
         self._begin = redis.register_script(_BEGIN)
         self._decide = redis.register_script(_DECIDE)
-        self._defer = redis.register_script(_DEFER)
-        self._claim = redis.register_script(_CLAIM)
+        self._release = redis.register_script(_RELEASE)
+        self._pending = ShardedSchedule(redis, redis_keys.pending_keys())
+        self.retries = ShardedSchedule(redis, redis_keys.retry_keys())
         self._renew = redis.register_script(_RENEW)
         self._mark = redis.register_script(_MARK_PUBLISHED)
 
@@ -160,18 +155,18 @@ class OutcomeStore:
         self, order_key: str, mch_id: str, record_order: str
     ) -> Decided | Locked | Busy:
         token = secrets.token_hex(16)
+        record_key = order_record_key(mch_id, record_order)
+        own = record_key == redis_keys.order_record_key(order_key)
         kind, payload = await self._begin(
-            keys=[
-                outcome_key(order_key),
-                lock_key(order_key),
-                order_record_key(mch_id, record_order),
-            ],
+            keys=[outcome_key(order_key), lock_key(order_key), *([record_key] if own else [])],
             args=[token, self._lock_ttl_ms],
         )
         if kind == 1:
             return Decided(_outcome(payload))
         if kind == 2:
             try:
+                if not own:
+                    payload = await self._origin_record(order_key, token, record_key)
                 record = decode_record(_hash(payload))
             except CorruptRecordError:
                 # Not this process's to repair: free the order for the dead letter that follows.
@@ -179,6 +174,16 @@ class OutcomeStore:
                 raise
             return Locked(token, record)
         return Busy()
+
+    async def _origin_record(
+        self, order_key: str, token: str, record_key: str
+    ) -> list[bytes | str]:
+        try:
+            found = await self._redis.hgetall(record_key)
+        except BaseException:
+            await self.release(order_key, token)
+            raise
+        return [item for pair in found.items() for item in pair]
 
     async def renew(self, order_key: str, token: str) -> bool:
         return bool(await self._renew(keys=[lock_key(order_key)], args=[token, self._lock_ttl_ms]))
@@ -197,42 +202,63 @@ class OutcomeStore:
         """Write the outcome unless one exists; return the one that stands. `settle_record`
         (mch_id, mch_order) marks that order-book record settled in the same step."""
         mch_id, mch_order = settle_record if settle_record is not None else ("", "")
-        written, existing = await self._decide(
-            keys=[
-                outcome_key(order_key),
-                lock_key(order_key),
-                order_record_key(mch_id, mch_order) if settle_record else "pn:none",
-                PENDING_KEY,
-            ],
+        # Without a record to settle, KEYS[3] is still this order's (one slot), and left alone.
+        record_key = (
+            order_record_key(mch_id, mch_order)
+            if settle_record
+            else redis_keys.order_record_key(order_key)
+        )
+        written, existing, settled = await self._decide(
+            keys=[outcome_key(order_key), lock_key(order_key), record_key],
             args=[
                 token, event_type, event_id, event, f"{decided_at:.3f}", self._ttl,
-                f"{mch_id}:{mch_order}", "1" if settle_record else "0",
+                "1" if settle_record else "0",
             ],
         )  # fmt: skip
+        if settled:
+            await self._pending.remove(f"{mch_id}:{mch_order}".encode())
         if written:
             return RecordedOutcome(event_type, event_id, event, published=False)
         return _outcome(existing)
 
     async def defer(self, order_key: str, token: str | None, due: float, member: bytes) -> None:
-        """Release the lock (if held) and put `member` in the retry set, due at `due`."""
-        await self._defer(
-            keys=[lock_key(order_key), RETRY_KEY], args=[token or "", f"{due:.3f}", member]
-        )
+        """Put `member` in the retry set, due at `due`, then release the lock (if held). In that
+        order: a lock left behind expires by itself, and a failure before the member is stored
+        raises, so the caller keeps the work (the message is not committed)."""
+        await self.retries.add(member, due)
+        if token:
+            await self.release(order_key, token)
 
     async def release(self, order_key: str, token: str) -> None:
-        await self._defer(keys=[lock_key(order_key), RETRY_KEY], args=[token, "0", ""])
+        await self._release(keys=[lock_key(order_key)], args=[token])
 
     async def mark_published(self, order_keys: Iterable[str]) -> None:
-        """One round trip for a batch; an outcome that expired meanwhile is not re-created."""
+        """One round trip for a batch on one Redis (one per slot, a few at a time, on a
+        cluster); an outcome that expired meanwhile is not re-created."""
         keys = [outcome_key(key) for key in order_keys]
-        if keys:
+        if not keys:
+            return
+        if not is_cluster(self._redis):
             await self._mark(keys=keys, args=[])
+            return
+        by_slot: defaultdict[int, list[str]] = defaultdict(list)
+        for key in keys:
+            by_slot[redis_keys.slot(key)].append(key)
+        gate = asyncio.Semaphore(_MARK_CONCURRENCY)
+
+        async def mark(group: list[str]) -> None:
+            async with gate:
+                await self._mark(keys=group, args=[])
+
+        await asyncio.gather(*(mark(group) for group in by_slot.values()))
 
     async def claim_retries(self, now: float, lease: float, limit: int) -> list[bytes]:
-        members: list[bytes] = await self._claim(
-            keys=[RETRY_KEY], args=[f"{now:.3f}", f"{now + lease:.3f}", limit]
-        )
-        return members
+        return await self.retries.claim(now, now + lease, limit)
 
     async def finish_retry(self, member: bytes) -> None:
-        await self._redis.zrem(RETRY_KEY, member)
+        await self.retries.remove(member)
+
+
+async def retry_figures(store: OutcomeStore, now: float) -> tuple[int, int]:
+    """(work in the retry set, of which due by `now`): for metrics."""
+    return await store.retries.count(), sum(await store.retries.due_counts(now))

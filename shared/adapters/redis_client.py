@@ -1,19 +1,79 @@
 """The one way processes open Redis: a pool sized to the work, where a caller waits for a free
 connection instead of failing (redis-py's default pool raises once 100 are busy, which a worker
-with 256 messages in flight reaches at once)."""
+with 256 messages in flight reaches at once).
+
+`REDIS_URL` names one Redis (`redis://`, `rediss://`, `unix://`) or a Redis Cluster:
+`redis+cluster://[user:password@]host:port[,host:port...]` (`rediss+cluster://` with TLS). The
+hosts are seeds: the client learns the other nodes from them, so one reachable seed is enough.
+A cluster has only database 0, so a cluster URL has no database path. Every key paynotify
+writes is laid out for a cluster (shared.adapters.redis_keys), so the same code runs on both.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass
+from typing import Any, cast
+from urllib.parse import unquote, urlsplit
+
+from redis import exceptions
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 # Seconds a caller may wait for a connection before that counts as Redis being unavailable.
 POOL_TIMEOUT = 30.0
 # Every command has a deadline: a Redis that stops answering (SIGSTOP, a dead host) raises
 # redis.exceptions.TimeoutError, which callers wait out like any outage, instead of a hang.
 SOCKET_TIMEOUT = 5.0
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+_PIPELINE_HEADROOM = 8
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterAddress:
+    """A cluster URL taken apart: its seed nodes and credentials."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None
+    password: str | None
+    tls: bool
+
+
+def is_cluster_url(url: str) -> bool:
+    return urlsplit(url).scheme in CLUSTER_SCHEMES
+
+
+def parse_cluster_url(url: str) -> ClusterAddress:
+    """`redis+cluster://[user:password@]host:port[,host:port...]`; raises ValueError (naming
+    what is wrong, never the password) for anything else."""
+    parts = urlsplit(url)
+    if parts.scheme not in CLUSTER_SCHEMES:
+        raise ValueError(f"not a cluster URL (scheme {parts.scheme!r})")
+    if parts.path.strip("/") not in {"", "0"}:
+        raise ValueError("a Redis Cluster has only database 0: leave the path out")
+    credentials, _, hosts = parts.netloc.rpartition("@")
+    username, _, password = credentials.partition(":")
+    nodes = []
+    for seed in hosts.split(","):
+        host, _, port = seed.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"cluster seed {seed!r} is not host:port")
+        nodes.append((host.strip("[]"), int(port)))
+    return ClusterAddress(
+        nodes=tuple(nodes),
+        username=unquote(username) or None,
+        password=unquote(password) or None if password else None,
+        tls=parts.scheme == "rediss+cluster",
+    )
 
 
 def connect_redis(url: str, *, max_connections: int) -> Redis:
+    """A client for `url`. For a cluster, a `RedisCluster`: typed as `Redis` because the
+    processes use only commands both clients offer with the same signatures (keyed commands,
+    scripts on one slot, non-transactional pipelines; `is_cluster` tells them apart where the
+    batching differs)."""
+    if is_cluster_url(url):
+        return cast("Redis", _connect_cluster(parse_cluster_url(url), max_connections))
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
@@ -23,3 +83,43 @@ def connect_redis(url: str, *, max_connections: int) -> Redis:
     )
     # from_pool: closing the client closes this pool too.
     return Redis.from_pool(pool)
+
+
+class GatedRedisCluster(RedisCluster):
+    """redis-py's cluster client raises MaxConnectionsError once a node's pool is busy, where
+    the single-server pool above makes a caller wait. This one waits too: at most
+    `max_connections` commands are in flight (so never more on one node), a caller waits up to
+    `POOL_TIMEOUT` for a turn, then gets a ConnectionError (an outage, as with the pool)."""
+
+    def __init__(self, *, max_connections: int, **kwargs: Any) -> None:
+        # Pipelines bypass the gate and hold one connection per node they touch: headroom.
+        super().__init__(max_connections=max_connections + _PIPELINE_HEADROOM, **kwargs)
+        self._gate = asyncio.Semaphore(max_connections)
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            async with asyncio.timeout(POOL_TIMEOUT):
+                await self._gate.acquire()
+        except TimeoutError:
+            raise exceptions.ConnectionError("no Redis Cluster connection free in time") from None
+        try:
+            return await super().execute_command(*args, **kwargs)
+        finally:
+            self._gate.release()
+
+
+def _connect_cluster(address: ClusterAddress, max_connections: int) -> RedisCluster:
+    extra: dict[str, Any] = {"ssl": True} if address.tls else {}
+    return GatedRedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in address.nodes],
+        username=address.username,
+        password=address.password,
+        max_connections=max_connections,
+        socket_timeout=SOCKET_TIMEOUT,
+        socket_connect_timeout=SOCKET_TIMEOUT,
+        **extra,
+    )
+
+
+def is_cluster(client: object) -> bool:
+    return isinstance(client, RedisCluster)

@@ -2,7 +2,8 @@
 
 - **Redis**: the run claims an empty database of its own (the order book, outcomes, retries, the
   sweeper's lease and index all live there), and empties it when it ends. A database left by a
-  run that died is reclaimed once its process is gone.
+  run that died is reclaimed once its process is gone. A Redis Cluster has only database 0: the
+  run claims the whole cluster the same way (empty, or left by a dead run).
 - **Kafka**: the run has topics of its own (`PAYNOTIFY_TOPIC_PREFIX=demo-<run id>.`): two runs
   on one callbacks topic but different Redis databases would decide the same payments twice.
   Its consumer groups are its own too, started at the topics' end, and so is its billing
@@ -19,10 +20,13 @@ from urllib.parse import urlsplit
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata
-from redis.asyncio import Redis
+
+from shared.adapters.redis_client import connect_redis, is_cluster, is_cluster_url
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
+
+    from redis.asyncio import Redis
 
 CLAIM_KEY = "pn:demo:claim"  # value: "<run id> <pid>"
 DATABASES = range(1, 16)  # Redis' default 16 databases; 0 is left to the user's own runs
@@ -33,11 +37,16 @@ class NoFreeDatabaseError(RuntimeError):
 
 
 def with_database(url: str, db: int) -> str:
-    """The Redis URL with its database replaced (a `db=` argument would lose to the URL's)."""
+    """The Redis URL with its database replaced (a `db=` argument would lose to the URL's); a
+    cluster's URL as it is (database 0 only)."""
+    if is_cluster_url(url):
+        return url
     return urlsplit(url)._replace(path=f"/{db}").geturl()
 
 
 def database_of(url: str) -> int:
+    if is_cluster_url(url):
+        return 0
     path = urlsplit(url).path.strip("/")
     return int(path) if path.isdigit() else 0
 
@@ -55,22 +64,32 @@ def _pid_alive(pid: int) -> bool:
 async def claim_database(url: str, run_id: str, candidates: Iterable[int] = DATABASES) -> str:
     """Claim a database of `url`'s Redis for this run; return the URL naming it."""
     claim = f"{run_id} {os.getpid()}"
+    if is_cluster_url(url):
+        candidates = [0]
     for db in candidates:
         candidate = with_database(url, db)
-        redis = Redis.from_url(candidate)
+        redis = connect_redis(candidate, max_connections=4)
         try:
-            if await redis.dbsize() != 0:
+            if await _size(redis) != 0:
                 if not await _abandoned(redis):
                     continue
                 await redis.flushdb()
             # NX and a second look close the race with another run choosing the same database.
-            if await redis.set(CLAIM_KEY, claim, nx=True) and await redis.dbsize() == 1:
+            if await redis.set(CLAIM_KEY, claim, nx=True) and await _size(redis) == 1:
                 return candidate
         finally:
             await redis.aclose()
     raise NoFreeDatabaseError(
-        "no empty Redis database among 1-15 for the demo; free one (FLUSHDB) and run again"
+        "no empty Redis database among 1-15 (on a cluster: the cluster is not empty) for the "
+        "demo; free one (FLUSHDB) and run again"
     )
+
+
+async def _size(redis: Redis) -> int:
+    """Keys in the database: on a cluster, on every primary (DBSIZE alone asks one node)."""
+    if is_cluster(redis):
+        return int(await redis.dbsize(target_nodes="primaries"))
+    return int(await redis.dbsize())
 
 
 async def _abandoned(redis: Redis) -> bool:
@@ -84,7 +103,7 @@ async def _abandoned(redis: Redis) -> bool:
 
 async def release_database(url: str, run_id: str) -> None:
     """Empty the run's database, if it is still this run's."""
-    redis = Redis.from_url(url)
+    redis = connect_redis(url, max_connections=4)
     try:
         value = await redis.get(CLAIM_KEY)
         if value is not None and _text(value).startswith(f"{run_id} "):

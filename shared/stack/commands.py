@@ -1,5 +1,7 @@
-"""`paynotify stack up|down|status [--brokers 3]`: exports go to stdout (for `eval`), progress to
-stderr. With three brokers the exports include `PAYNOTIFY_TOPIC_REPLICATION=3`."""
+"""`paynotify stack up|down|status [--brokers 3] [--redis-cluster 3]`: exports go to stdout (for
+`eval`), progress to stderr. With three brokers the exports include
+`PAYNOTIFY_TOPIC_REPLICATION=3`; with `--redis-cluster N`, Redis is a local N-primary Redis
+Cluster (shared.stack.redis_cluster) instead of one server, and `REDIS_URL` names it."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shared.stack.local import LocalStack, StackError, default_state_dir, stored_brokers
+from shared.stack.redis_cluster import LocalRedisCluster
 
 if TYPE_CHECKING:
     import argparse
@@ -24,6 +27,9 @@ def main(args: argparse.Namespace) -> int:
             redis_port=args.redis_port,
             brokers=brokers,
         )
+        cluster = _cluster(stack, getattr(args, "redis_cluster", None))
+        if cluster is not None:
+            return _with_cluster(args.action, stack, cluster, state_dir)
         if args.action == "up":
             stack.up()
             print(stack.exports(), end="")
@@ -38,3 +44,31 @@ def main(args: argparse.Namespace) -> int:
         print(f"stack: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _cluster(stack: LocalStack, primaries: int | None) -> LocalRedisCluster | None:
+    """The cluster `--redis-cluster` asks for, else the one an earlier `up` made (for `down`
+    and `status`), else None (one Redis server)."""
+    if primaries:
+        return LocalRedisCluster(stack, primaries=primaries)
+    return LocalRedisCluster.stored(stack)
+
+
+def _with_cluster(
+    action: str, stack: LocalStack, cluster: LocalRedisCluster, state_dir: Path
+) -> int:
+    if action == "up":
+        cluster.up()
+        stack.start_kafka()
+        exports = stack.exports().replace(stack.redis_url, cluster.url)
+        print(exports, end="")
+        print(f"stack: state in {state_dir}", file=sys.stderr)
+        return 0
+    if action == "down":
+        stack.stop_kafka()
+        cluster.down()
+        return 0
+    status = {"kafka": stack.status()["kafka"], "redis-cluster": cluster.alive()}
+    for name, alive in status.items():
+        print(f"{name}: {'running' if alive else 'stopped'}")
+    return 0 if all(status.values()) else 1

@@ -11,7 +11,7 @@ import pytest
 
 from shared.stack.local import LocalStack, free_port
 from shared.stack.pipeline import Pipeline
-from tests.support.redis_db import in_db
+from tests.support.redis_db import empty_db, in_db
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -34,8 +34,11 @@ def module_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def module_redis(redis_url: str) -> str:
-    return in_db(redis_url, next(_databases))
+async def module_redis(redis_url: str) -> str:
+    """A database of the module's own (on a cluster, the cluster, emptied for the module)."""
+    url = in_db(redis_url, next(_databases))
+    await empty_db(url)
+    return url
 
 
 @pytest.fixture(scope="module")

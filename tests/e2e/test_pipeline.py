@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
-from redis.asyncio import Redis
 
 from shared import topics
 from shared.adapters.order_book import OrderBook
@@ -20,6 +19,7 @@ from shared.clock import SystemClock
 from shared.domain.orders import OrderRecord
 from tests.conftest import TEST_MCH_ID
 from tests.support.pipeline_checks import collect_events, control, one_outcome_each
+from tests.support.redis_db import open_redis
 
 pytestmark = pytest.mark.e2e
 
@@ -145,7 +145,7 @@ async def test_a_messy_day_settles_every_payment_once(pipeline, module_kafka, mo
         pipeline.start_worker(index)
     base = pipeline.sandbox_url
     await control(base, "PUT", "chaos", {"query_error_rate": 0.15, "query_error_code": 113})
-    redis = Redis.from_url(module_redis)
+    redis = open_redis(module_redis)
     book = OrderBook(redis, SystemClock())
     day = Day.messy(pipeline.notify_url)
     try:

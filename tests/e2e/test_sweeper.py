@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared import topics
 from shared.adapters.kafka import CallbackEnvelope, start_producer
-from shared.adapters.order_book import PENDING_KEY, OrderBook
+from shared.adapters.order_book import OrderBook, order_record_key
 from shared.adapters.topics import ensure_topics
 from shared.clock import SystemClock
 from shared.domain.orders import OrderRecord, OrderState
@@ -38,7 +38,7 @@ from shared.protocol.signing import signed
 from shared.sandbox.model import SandboxConfig
 from shared.sandbox.server import build_app
 from shared.settings import Settings
-from tests.support.redis_db import clean_db, in_db
+from tests.support.redis_db import clean_db, in_db, pending_index
 from workers.__main__ import run_worker
 from workers.orders_consumer import OrdersConsumer
 from workers.sweeper_main import build_sweeper
@@ -234,7 +234,7 @@ async def test_paid_orders_with_every_notification_lost_settle_through_the_sweep
         assert len({e["id"] for e in events}) == len(names)
 
         async def settled() -> bool:
-            return await redis.zcard(PENDING_KEY) == 0
+            return await pending_index(redis).count() == 0
 
         async with asyncio.timeout(30):
             while not await settled():
@@ -322,7 +322,7 @@ async def test_unpaid_orders_expire_once_with_two_sweepers_and_no_doubled_query(
     tasks = [asyncio.create_task(s.run()) for s in sweepers]
     try:
         async with asyncio.timeout(60):
-            while await redis.zcard(PENDING_KEY) > 0:
+            while await pending_index(redis).count() > 0:
                 await asyncio.sleep(0.05)
     finally:
         for sweeper in sweepers:
@@ -437,11 +437,12 @@ async def test_paid_orders_settle_beside_a_flood_of_orders_that_cannot_be(  # no
     async with redis.pipeline(transaction=False) as pipe:
         for i in range(2000):
             pipe.hset(
-                f"pn:order:nokey:n-{i}",
+                order_record_key("nokey", f"n-{i}"),
                 mapping={"mch_id": "nokey", "mch_order": f"n-{i}", "amt": "10000",
                          "pay_type": "10", "created_at": str(int(now) - 600), "state": "pending"},
             )  # fmt: skip
-            pipe.zadd(PENDING_KEY, {f"nokey:n-{i}": now - 60})
+            member = f"nokey:n-{i}".encode()
+            pipe.zadd(pending_index(redis).key_of(member), {member: now - 60})
         await pipe.execute()
     producer = await start_producer(settings)
     for i in range(300):

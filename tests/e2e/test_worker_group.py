@@ -8,13 +8,13 @@ import uuid
 
 import orjson
 import pytest
-from redis.asyncio import Redis
 
 from shared.adapters.order_book import OrderBook
 from shared.clock import SystemClock
 from shared.domain.orders import OrderRecord
 from tests.conftest import TEST_MCH_ID
 from tests.support.pipeline_checks import collect_events, control, one_outcome_each
+from tests.support.redis_db import open_redis
 
 pytestmark = pytest.mark.e2e
 
@@ -68,7 +68,7 @@ async def test_two_workers_share_hand_over_and_survive_kill_9(
     await control(pipeline.sandbox_url, "PUT", "chaos", {"query_latency": 0.05})
     first = pipeline.start_worker(0)
     second = pipeline.start_worker(1)
-    redis = Redis.from_url(module_redis)
+    redis = open_redis(module_redis)
     book = OrderBook(redis, SystemClock())
     base, url = pipeline.sandbox_url, pipeline.notify_url
     subjects: set[str] = set()

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 import pytest
 
 from shared.adapters.order_book import (
-    PENDING_KEY,
     OrderBook,
     OrderConflictError,
     expired_marker_key,
@@ -20,7 +19,7 @@ from shared.clock import ManualClock
 from shared.domain.orders import OrderRecord, OrderState
 from shared.domain.sweep import SweepSchedule
 from shared.protocol.models import CreateOrderRequest
-from tests.support.redis_db import clean_db
+from tests.support.redis_db import clean_db, pending_index
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -56,7 +55,7 @@ async def test_recording_stores_the_record_and_indexes_it_by_first_sweep(redis: 
     order = _order()
     assert await book.record(order) is True
     assert await book.get(order.mch_id, order.mch_order) == order
-    assert await redis.zscore(PENDING_KEY, order.order_key) == CREATED + 90.0
+    assert await pending_index(redis).score(order.order_key.encode()) == CREATED + 90.0
     assert 0 < await redis.ttl(order_record_key(order.mch_id, order.mch_order)) <= 1000
 
 
@@ -65,9 +64,9 @@ async def test_recording_twice_changes_nothing(redis: Redis) -> None:
     book = _book(redis, ManualClock())
     order = _order()
     await book.record_pending(order)
-    await redis.zadd(PENDING_KEY, {order.order_key: 5.0})  # the sweeper moved it meanwhile
+    await pending_index(redis).add(order.order_key.encode(), 5.0)  # the sweeper moved it meanwhile
     assert await book.record(order) is False
-    assert await redis.zscore(PENDING_KEY, order.order_key) == 5.0
+    assert await pending_index(redis).score(order.order_key.encode()) == 5.0
 
 
 async def test_a_settled_order_is_never_overwritten(redis: Redis) -> None:
@@ -78,13 +77,13 @@ async def test_a_settled_order_is_never_overwritten(redis: Redis) -> None:
     key = order_record_key(order.mch_id, order.mch_order)
     # What the workers' outcome script does:
     await redis.hset(key, mapping={"state": "settled", "outcome": "paynotify.payment.succeeded"})
-    await redis.zrem(PENDING_KEY, order.order_key)
+    await pending_index(redis).remove(order.order_key.encode())
     await book.record_pending(order)
     entry = await book.entry(order.mch_id, order.mch_order)
     assert entry is not None
     assert entry.record.state is OrderState.SETTLED
     assert entry.outcome == "paynotify.payment.succeeded"
-    assert await redis.zscore(PENDING_KEY, order.order_key) is None
+    assert await pending_index(redis).score(order.order_key.encode()) is None
 
 
 async def test_a_different_amount_under_the_same_number_is_a_conflict(redis: Redis) -> None:
@@ -132,7 +131,7 @@ async def test_mark_failed_only_touches_pending_orders(redis: Redis) -> None:
     assert entry is not None
     assert entry.record.state is OrderState.FAILED
     assert entry.reason == "NoChannelAvailable(112)"
-    assert await redis.zscore(PENDING_KEY, refused.order_key) is None
+    assert await pending_index(redis).score(refused.order_key.encode()) is None
     assert (await book.get("m1", settled.mch_order)).state is OrderState.SETTLED  # type: ignore[union-attr]
     await book.mark_failed("m1", "never-recorded", "x")
     assert await redis.exists(order_record_key("m1", "never-recorded")) == 0
@@ -145,7 +144,7 @@ async def test_claims_hide_due_orders_from_a_second_claimer(redis: Redis) -> Non
     due, later = _order(), _order()
     await book.record_pending(due)
     await book.record_pending(later)
-    await redis.zadd(PENDING_KEY, {later.order_key: CREATED + 500})
+    await pending_index(redis).add(later.order_key.encode(), CREATED + 500)
     first, second = await asyncio.gather(
         book.claim_due(hold=30, limit=10), book.claim_due(hold=30, limit=10)
     )
@@ -169,12 +168,12 @@ async def test_reschedule_counts_queries_and_leaves_settled_orders_out(redis: Re
     entry = await book.entry("m1", pending.mch_order)
     assert entry is not None
     assert (entry.sweep_attempts, entry.sweep_failures) == (3, 0)
-    assert await redis.zscore(PENDING_KEY, pending.order_key) == 1400.0
+    assert await pending_index(redis).score(pending.order_key.encode()) == 1400.0
 
     await redis.hset(order_record_key("m1", settled.mch_order), "state", "settled")
-    await redis.zrem(PENDING_KEY, settled.order_key)
+    await pending_index(redis).remove(settled.order_key.encode())
     assert not await book.reschedule(settled.order_key, 1500.0, queried=True, failed=False)
-    assert await redis.zscore(PENDING_KEY, settled.order_key) is None
+    assert await pending_index(redis).score(settled.order_key.encode()) is None
 
 
 async def test_expiry_is_emitted_once_and_marks_the_order(redis: Redis) -> None:
@@ -189,7 +188,7 @@ async def test_expiry_is_emitted_once_and_marks_the_order(redis: Redis) -> None:
     await book.finish_expire(order)
     assert await redis.get(expired_marker_key("m1", order.mch_order)) == b"emitted"
     assert (await book.get("m1", order.mch_order)).state is OrderState.EXPIRED  # type: ignore[union-attr]
-    assert await redis.zscore(PENDING_KEY, order.order_key) is None
+    assert await pending_index(redis).score(order.order_key.encode()) is None
     assert await book.begin_expire(order) == "gone"
 
 

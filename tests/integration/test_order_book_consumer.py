@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
 from shared.adapters.kafka import start_producer
-from shared.adapters.order_book import OrderBook
+from shared.adapters.order_book import OrderBook, order_record_key
 from shared.clock import SystemClock
 from shared.domain.orders import OrderRecord
 from shared.domain.sweep import SweepSchedule
@@ -232,7 +232,7 @@ async def test_an_unexpected_error_for_one_message_is_dead_lettered_and_the_part
     producer = await start_producer(settings)
     book = OrderBook(redis, SystemClock(), schedule=SweepSchedule(expiry=3600.0))
     await redis.hset(
-        "pn:order:m1:not-utf8",
+        order_record_key("m1", "not-utf8"),
         mapping={
             "mch_id": "m1",
             "mch_order": "not-utf8",
@@ -242,7 +242,7 @@ async def test_an_unexpected_error_for_one_message_is_dead_lettered_and_the_part
             "state": "pending",
         },
     )
-    await redis.set("pn:order:m1:wrong-type", "x")
+    await redis.set(order_record_key("m1", "wrong-type"), "x")
     good = [f"good-{i}" for i in range(5)]
     try:
         for name in ["not-utf8", "wrong-type", *good]:

@@ -20,7 +20,6 @@ from aiokafka import AIOKafkaConsumer
 
 from shared.adapters.kafka import CallbackEnvelope, start_producer
 from shared.adapters.order_book import (
-    PENDING_KEY,
     SWEEPER_LEASE_KEY,
     OrderBook,
     order_record_key,
@@ -33,7 +32,7 @@ from shared.protocol.errors import OrderNotFound, ParameterCheckFailed, Platform
 from shared.protocol.models import OrderQueryAnswer
 from shared.protocol.payment import PaymentReport, PaymentStatus, report_fields
 from shared.settings import Settings
-from tests.support.redis_db import clean_db
+from tests.support.redis_db import clean_db, pending_index
 from workers.sweeper import Sweeper, SweeperLimits
 
 if TYPE_CHECKING:
@@ -221,7 +220,7 @@ async def test_paid_orders_are_forwarded_as_query_sourced_callbacks(
         assert envelope.key_id == "sha256:test"
         assert len(envelope.delivery_id) == 32
     for name in names:
-        assert await redis.zscore(PENDING_KEY, f"m1:{name}") is not None
+        assert await pending_index(redis).score(f"m1:{name}".encode()) is not None
 
 
 async def test_an_unpaid_order_expires_once_with_two_sweepers_running(
@@ -387,7 +386,7 @@ async def _true(value: bool) -> bool:
 
 
 async def _no_pending(redis: Redis) -> bool:
-    return await redis.zcard(PENDING_KEY) == 0
+    return await pending_index(redis).count() == 0
 
 
 # --- one order must not stop the sweep (hole 1), nor spend its budget for ever (hole 11) -------
@@ -424,7 +423,7 @@ async def test_an_unexpected_error_for_one_order_is_dead_lettered_and_the_sweep_
     assert document["payload"]["order"] == "m1:boom"
     assert document["payload"]["amt"] == 10_000
     # Pushed back by the hopeless gap, counted, still pending.
-    assert await redis.zscore(PENDING_KEY, "m1:boom") >= now + 50  # type: ignore[operator]
+    assert await pending_index(redis).score(b"m1:boom") >= now + 50  # type: ignore[operator]
     entry = await OrderBook(redis, SystemClock()).entry("m1", "boom")
     assert entry is not None
     assert entry.sweep_hopeless == 1
@@ -447,7 +446,8 @@ async def test_corrupt_records_are_dead_lettered_and_do_not_stop_the_sweep(
     await redis.hset(order_record_key("m1", "bad-utf8"), mapping=fields)  # type: ignore[arg-type]
     await redis.set(order_record_key("m1", "not-a-hash"), "x")
     # Due before the good orders, so they are claimed first.
-    await redis.zadd(PENDING_KEY, {"m1:bad-utf8": 1, "m1:not-a-hash": 2, b"m1:\xff\xfe": 3})
+    for member, due in ((b"m1:bad-utf8", 1), (b"m1:not-a-hash", 2), (b"m1:\xff\xfe", 3)):
+        await pending_index(redis).add(member, due)
     platform = ScriptedPlatform(dict.fromkeys(good, "paid"))
     sweeper = _sweeper(redis, platform, producer, topics, concurrency=2)
     task = asyncio.create_task(sweeper.run())
@@ -464,7 +464,7 @@ async def test_corrupt_records_are_dead_lettered_and_do_not_stop_the_sweep(
         b"m1:not-a-hash": "corrupt_order_record",
         "m1:\ufffd\ufffd".encode(): "corrupt_order_record",
     }
-    members = {m.decode("utf-8", "replace") for m in await redis.zrange(PENDING_KEY, 0, -1)}
+    members = {m.decode("utf-8", "replace") for m in await pending_index(redis).members()}
     assert members == {f"m1:{n}" for n in good}
     stopped = await redis.hget(order_record_key("m1", "bad-utf8"), "sweep_stopped")
     assert stopped == b"corrupt_order_record"
@@ -499,7 +499,7 @@ async def test_a_refused_query_is_retried_rarely_then_given_up_and_dead_lettered
     assert entry is not None
     assert entry.sweep_stopped == "platform_101"
     assert entry.record.state is OrderState.PENDING  # a late notification still settles it
-    assert await redis.zscore(PENDING_KEY, "m1:refused") is None
+    assert await pending_index(redis).score(b"m1:refused") is None
 
 
 async def test_orders_of_a_merchant_without_a_key_are_never_queried(

@@ -16,11 +16,10 @@ from dataclasses import dataclass, field, replace
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
-from redis.asyncio import Redis
 
 from shared.adapters.kafka import CallbackEnvelope, start_producer
-from shared.adapters.order_book import OrderBook
-from shared.adapters.outcomes import RETRY_KEY, OutcomeStore, outcome_key
+from shared.adapters.order_book import OrderBook, order_record_key
+from shared.adapters.outcomes import OutcomeStore, lock_key, outcome_key
 from shared.clock import SystemClock
 from shared.domain.decision import requery_schedule
 from shared.domain.orders import OrderRecord
@@ -32,6 +31,7 @@ from shared.protocol.payment import PaymentReport, PaymentStatus, report_fields
 from shared.protocol.signing import signed
 from shared.settings import Settings
 from tests.conftest import TEST_KEY
+from tests.support.redis_db import open_redis, pending_index, retry_set
 from workers.consumer import TopicSink
 from workers.reconcile import Reconciler, Settlement, Work
 
@@ -94,7 +94,7 @@ async def env(kafka_bootstrap: str, redis_url: str, fresh_topic):
     dlq_topic = await fresh_topic("dlq", partitions=1)
     settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, redis_url=redis_url)
     producer = await start_producer(settings)
-    redis = Redis.from_url(redis_url)
+    redis = open_redis(redis_url)
     platform = ScriptedPlatform()
     store = OutcomeStore(redis, outcome_ttl_seconds=3600, lock_ttl_ms=5000)
     reconciler = Reconciler(
@@ -152,7 +152,7 @@ async def test_confirmed_payment_succeeds_once_and_settles_the_record(env, kafka
     record = await book.get(MCH, order)
     assert record is not None
     assert record.state == "settled"
-    assert await redis.zscore("pn:orders:pending", f"{MCH}:{order}") is None
+    assert await pending_index(redis).score(f"{MCH}:{order}".encode()) is None
 
 
 async def test_redelivery_republishes_the_recorded_event_until_marked(env, kafka_bootstrap) -> None:
@@ -189,7 +189,7 @@ async def test_an_outcome_cannot_be_decided_twice(env, kafka_bootstrap) -> None:
     store = reconciler.store
     state = await store.begin(f"{MCH}:{order}", MCH, order)
     # Another worker, its lock long expired, decided a mismatch first.
-    await redis.delete(f"pn:lock:{MCH}:{order}")
+    await redis.delete(lock_key(f"{MCH}:{order}"))
     other = await store.begin(f"{MCH}:{order}", MCH, order)
     kept = await store.decide(
         f"{MCH}:{order}",
@@ -230,10 +230,10 @@ async def test_unconfirmed_only_after_every_requery(env, kafka_bootstrap) -> Non
         settlements.append(settlement)
         if settlement is not Settlement.DEFERRED:
             break
-        members = await redis.zrangebyscore(RETRY_KEY, "-inf", "+inf")
+        members = await retry_set(redis).members()
         mine = [m for m in members if order.encode() in m]
         assert len(mine) == 1
-        await redis.zrem(RETRY_KEY, mine[0])
+        await retry_set(redis).remove(mine[0])
         work = Work.from_retry(mine[0])
     assert settlements.count(Settlement.DEFERRED) == len(reconciler.schedule)
     assert settlements[-1] is Settlement.PUBLISHED
@@ -263,7 +263,7 @@ async def test_transient_failures_retry_then_dead_letter(env, kafka_bootstrap) -
     assert letter["reason"] == "retries_exhausted"
     assert letter["payload"]["fields"]["mch_order"] == order
     assert await redis.exists(outcome_key(f"{MCH}:{order}")) == 0
-    assert await redis.exists(f"pn:lock:{MCH}:{order}") == 0
+    assert await redis.exists(lock_key(f"{MCH}:{order}")) == 0
 
 
 async def test_unpaid_notification_has_no_outcome(env) -> None:
@@ -299,12 +299,12 @@ async def test_a_corrupt_order_record_dead_letters_and_frees_the_lock(env, kafka
     goes to the DLQ with the reason, the lock is freed, and the worker goes on."""
     reconciler, platform, _book, redis, (_, dlq) = env
     order = unique_order()
-    await redis.hset(f"pn:order:{MCH}:{order}", mapping={"mch_id": MCH, "amt": "not-a-number"})
+    await redis.hset(order_record_key(MCH, order), mapping={"mch_id": MCH, "amt": "not-a-number"})
     platform.answers[order] = report(order)
     assert await reconciler.handle(work_for(report(order))) is Settlement.DEAD_LETTERED
     (letter,) = await read_topic(kafka_bootstrap, dlq, 1)
     assert letter["reason"] == "corrupt_order_record"
-    assert await redis.exists(f"pn:lock:{MCH}:{order}") == 0
+    assert await redis.exists(lock_key(f"{MCH}:{order}")) == 0
     assert platform.calls == []
 
 
@@ -336,7 +336,7 @@ async def test_a_forged_envelope_changes_nothing_and_the_genuine_one_then_succee
     assert letter["reason"] == "bad_signature"
     assert "f" * 32 not in letter["detail"]
     assert platform.calls == []
-    assert await redis.exists(outcome_key(f"{MCH}:{order}"), f"pn:lock:{MCH}:{order}") == 0
+    assert await redis.exists(outcome_key(f"{MCH}:{order}"), lock_key(f"{MCH}:{order}")) == 0
 
     assert await reconciler.handle(work_for(report(order))) is Settlement.PUBLISHED
     (event,) = await read_topic(kafka_bootstrap, events, 1)
@@ -456,7 +456,7 @@ async def test_waiting_for_a_dead_workers_lock_gives_way_when_the_partition_goes
     order = unique_order()
     await book.record_pending(OrderRecord(MCH, order, 1000, 10, 1_700_000_000))
     platform.answers[order] = report(order)
-    await redis.set(f"pn:lock:{MCH}:{order}", "a-killed-worker", px=30_000)
+    await redis.set(lock_key(f"{MCH}:{order}"), "a-killed-worker", px=30_000)
     gate = asyncio.Event()
     work = replace(work_for(report(order)), give_way=gate)
 
@@ -467,9 +467,7 @@ async def test_waiting_for_a_dead_workers_lock_gives_way_when_the_partition_goes
     async with asyncio.timeout(2):
         assert await handling is Settlement.GAVE_WAY
     assert platform.calls == []
-    assert await redis.zcard(RETRY_KEY) == 0 or all(
-        order.encode() not in m for m in await redis.zrange(RETRY_KEY, 0, -1)
-    )
+    assert all(order.encode() not in m for m in await retry_set(redis).members())
 
 
 async def test_a_replay_after_the_outcome_expired_is_still_a_duplicate(
@@ -488,7 +486,7 @@ async def test_a_replay_after_the_outcome_expired_is_still_a_duplicate(
     assert await reconciler.handle(work_for(report(order))) is Settlement.DUPLICATE
     assert len(await read_topic(kafka_bootstrap, events, 1)) == 1
     assert platform.calls == [order]  # asked once, for the first delivery only
-    assert await redis.exists(f"pn:lock:{MCH}:{order}") == 0
+    assert await redis.exists(lock_key(f"{MCH}:{order}")) == 0
 
 
 async def test_a_notification_older_than_the_replay_window_is_refused_as_stale(
@@ -507,7 +505,7 @@ async def test_a_notification_older_than_the_replay_window_is_refused_as_stale(
     (letter,) = await read_topic(kafka_bootstrap, dlq, 1)
     assert letter["reason"] == "stale"
     assert platform.calls == []
-    assert await redis.exists(outcome_key(f"{MCH}:{order}"), f"pn:lock:{MCH}:{order}") == 0
+    assert await redis.exists(outcome_key(f"{MCH}:{order}"), lock_key(f"{MCH}:{order}")) == 0
     assert reconciler.stats["stale"] == 1
 
     swept = work_for(old)
@@ -525,7 +523,7 @@ def test_outcomes_outlive_order_records() -> None:
 
     for scale in (1.0, 0.01):
         settings = Settings(time_scale=scale)
-        book = OrderBook.from_settings(Redis(), SystemClock(), settings)
+        book = OrderBook.from_settings(open_redis("redis://127.0.0.1:1/0"), SystemClock(), settings)
         assert outcome_ttl_seconds(settings) >= book._record_ttl
 
 

@@ -7,10 +7,10 @@ import uuid
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from redis.asyncio import Redis
 
 from shared.adapters.redis_client import connect_redis
 from shared.adapters.redis_lock import Locks
+from tests.support.redis_db import open_redis
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +51,7 @@ async def test_produce_and_consume_on_a_fresh_topic(kafka_bootstrap: str, fresh_
 
 async def test_lock_is_exclusive_and_released_only_by_its_owner(redis_url: str) -> None:
     """A second taker is refused; a wrong token frees nothing; the owner's release frees it."""
-    redis = Redis.from_url(redis_url)
+    redis = open_redis(redis_url)
     locks = Locks(redis)
     key = f"test:lock:{uuid.uuid4().hex}"
     try:
@@ -71,7 +71,7 @@ async def test_lock_is_exclusive_and_released_only_by_its_owner(redis_url: str) 
 
 async def test_lock_expires_by_itself(redis_url: str) -> None:
     """A holder that dies leaves a lock that frees itself after its TTL."""
-    redis = Redis.from_url(redis_url)
+    redis = open_redis(redis_url)
     locks = Locks(redis)
     key = f"test:lock:{uuid.uuid4().hex}"
     try:

@@ -21,7 +21,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from shared.adapters.kafka import CallbackEnvelope, start_producer
-from shared.adapters.order_book import PENDING_KEY, OrderBook, order_record_key
+from shared.adapters.order_book import OrderBook, order_record_key
 from shared.adapters.redis_lock import Locks
 from shared.clock import SystemClock
 from shared.domain.orders import OrderRecord
@@ -30,7 +30,7 @@ from shared.protocol.errors import ParameterCheckFailed, UnknownMerchant
 from shared.protocol.models import OrderQueryAnswer
 from shared.protocol.payment import PaymentReport, PaymentStatus, report_fields
 from shared.settings import Settings
-from tests.support.redis_db import clean_db
+from tests.support.redis_db import clean_db, pending_index
 from workers.orders_consumer import OrdersConsumer
 from workers.sweeper import Sweeper, SweeperLimits
 
@@ -96,7 +96,8 @@ async def _flood(redis: Redis, mch_id: str, count: int, due: float) -> None:
                          "created_at": str(int(due) - 3600), "state": "pending",
                          "sweep_attempts": "5"},
             )  # fmt: skip
-            pipe.zadd(PENDING_KEY, {f"{mch_id}:{name}": due})
+            member = f"{mch_id}:{name}".encode()
+            pipe.zadd(pending_index(redis).key_of(member), {member: due})
         await pipe.execute()
 
 

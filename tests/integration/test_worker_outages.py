@@ -15,11 +15,12 @@ import redis.exceptions
 from aiokafka import AIOKafkaConsumer
 
 from shared.adapters.kafka import CallbackEnvelope, start_producer
-from shared.adapters.outcomes import RETRY_KEY, OutcomeStore, outcome_key
+from shared.adapters.outcomes import OutcomeStore, outcome_key
 from shared.adapters.redis_client import SOCKET_TIMEOUT, connect_redis
 from shared.clock import SystemClock
 from shared.settings import Settings
 from shared.stack.local import LocalStack, free_port
+from tests.support.redis_db import retry_set
 from workers.consumer import CallbackConsumer, RetryPoller, TopicSink
 from workers.keyed import KeyedRunner
 from workers.reconcile import Settlement, Work
@@ -113,7 +114,8 @@ async def test_a_corrupt_retry_entry_is_dead_lettered_and_removed(
     good = Work(
         envelope=CallbackEnvelope({"mch_id": "m", "mch_order": "o2"}, "k", 0.0, None, "d", "q")
     ).to_retry()
-    await client.zadd(RETRY_KEY, {b"not json{": 1.0, b'{"envelope": 5}': 1.0, good: 1.0})
+    for member in (b"not json{", b'{"envelope": 5}', good):
+        await retry_set(client).add(member, 1.0)
     settled: list[Work] = []
 
     async def settle(work: Work) -> Settlement:
@@ -134,7 +136,7 @@ async def test_a_corrupt_retry_entry_is_dead_lettered_and_removed(
     task = asyncio.create_task(poller.run(stop))
     try:
         async with asyncio.timeout(20):
-            while await client.zcard(RETRY_KEY) > 0 or stats["dead_lettered"] < 2:
+            while await retry_set(client).count() > 0 or stats["dead_lettered"] < 2:
                 await asyncio.sleep(0.05)
         assert [w.envelope.fields["mch_order"] for w in settled] == ["o2"]
         letters = await _read(kafka_bootstrap, dlq_topic, 2)

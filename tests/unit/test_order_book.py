@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from shared.adapters.order_book import (
-    PENDING_KEY,
     CorruptRecordError,
     decode_entry,
     decode_record,
@@ -29,10 +28,9 @@ FULL = {
 
 def test_keys_follow_the_documented_layout() -> None:
     """Record, index, marker keys are the ones docs/order-book.md and the workers use."""
-    assert order_record_key("m1", "o-1") == "pn:order:m1:o-1"
-    assert record_key_of(b"m1:o-1") == "pn:order:m1:o-1"
-    assert expired_marker_key("m1", "o-1") == "pn:expired:m1:o-1"
-    assert PENDING_KEY == "pn:orders:pending"
+    assert order_record_key("m1", "o-1") == "pn:order:{m1:o-1}"
+    assert record_key_of(b"m1:o-1") == "pn:order:{m1:o-1}"
+    assert expired_marker_key("m1", "o-1") == "pn:expired:{m1:o-1}"
 
 
 def test_a_full_hash_decodes_to_the_record() -> None:
