@@ -12,7 +12,8 @@ and more than half the payments of the run got no outcome (docs/reliability.md).
 A producer refused so is replaced by a new one (a new producer id, whose sequences start at 0)
 and the send is made again: the broker refused the batch, so nothing was written twice. Sends
 through `send` (the ingress) report the refusal to their caller as before; the replacement is
-made for the next one.
+made for the next one. Sends still pending on the replaced producer are made again on the new one
+(`send_and_wait`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import contextlib
 import functools
 from typing import TYPE_CHECKING, Any, Final
 
-from aiokafka.errors import OutOfOrderSequenceNumber, UnknownProducerId
+from aiokafka.errors import OutOfOrderSequenceNumber, ProducerClosed, UnknownProducerId
 
 from shared.logs import get_logger
 
@@ -51,7 +52,11 @@ class RenewingProducer:
         return getattr(self._producer, name)
 
     async def send_and_wait(self, topic: str, value: Any = None, **options: Any) -> Any:
-        """Send and wait for the ack; a refused sequence renews the producer and sends again."""
+        """Send and wait for the ack; a refused sequence renews the producer and sends again.
+        A send that was still pending on a producer another send's renewal replaced fails with
+        `ProducerClosed` when that one is stopped: it is made again on the new producer (the
+        replaced one may have delivered it after all: a duplicate, which every consumer of
+        these topics absorbs, rather than a message never sent)."""
         for renewal in range(RENEWALS + 1):
             producer = self._producer
             try:
@@ -60,6 +65,10 @@ class RenewingProducer:
                 if renewal == RENEWALS:
                     raise
                 await self.renew(producer, exc)
+            except ProducerClosed:
+                if producer is self._producer or renewal == RENEWALS:
+                    raise  # stopped by its owner (shutdown), not replaced
+                self._log.info("send_again_after_renewal")
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def send(self, topic: str, value: Any = None, **options: Any) -> asyncio.Future[Any]:
