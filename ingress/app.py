@@ -43,6 +43,8 @@ from shared.merchants import LiveMerchants
 from shared.merchants_reload import watching
 from shared.platform.retry import wait_out
 from shared.protocol.catalog import PayTypeCatalog
+from shared.trace import HEADER as TRACE_HEADER
+from shared.trace import TraceParent, continue_or_start
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
@@ -113,27 +115,29 @@ class Ingress:
             delivery_id=uuid.uuid4().hex,
             source=SOURCE_NOTIFICATION,
         )
+        # This notification's span: a child of a valid `traceparent` sent along, else a trace.
+        trace = continue_or_start(request.headers.get(TRACE_HEADER))
         publisher = self.publisher
         if publisher is None:  # only before start-up finished (Kafka away) or after shutdown
             refusal = _NOT_READY
         else:
-            failure = await publisher.publish(verified.order_key, envelope)
+            failure = await publisher.publish(verified.order_key, envelope, trace)
             if failure is None:
                 return web.Response(body=SUCCESS, content_type="text/plain")
             refusal = Refusal(failure)
         # Still `fail` (the platform tries again), but kept: if every try meets Kafka away, the
         # sweeper publishes the parked copy once it is back.
-        await self._park(verified.order_key, envelope)
+        await self._park(verified.order_key, envelope, trace)
         return self._refuse(request, refusal, received_at, form)
 
-    async def _park(self, key: str, envelope: CallbackEnvelope) -> None:
+    async def _park(self, key: str, envelope: CallbackEnvelope, trace: TraceParent) -> None:
         parking = self.parking
         if parking is None:  # PAYNOTIFY_INGRESS_PARK_MAX=0
             return
         try:
             async with asyncio.timeout(_PARK_BOUND):
                 result = await parking.park(
-                    key, envelope, self.clock.time(), bound=self.settings.ingress_park_max
+                    key, envelope, self.clock.time(), trace, bound=self.settings.ingress_park_max
                 )
         except Exception as exc:  # Redis away too: the platform's next try is all there is
             self.counters.parked["failed"] += 1

@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING, Any
 from aiokafka.errors import KafkaError
 
 from ingress.refusals import Reason
+from shared.trace import HEADER
 
 if TYPE_CHECKING:
     from ingress.counters import IngressCounters
     from shared.adapters.kafka import CallbackEnvelope
     from shared.logs import BoundLogger
     from shared.topics import Topics
+    from shared.trace import TraceParent
 
 MAX_PENDING_AUDITS = 1000
 
@@ -52,8 +54,11 @@ class Publisher:
         self._log = log
         self._audits: set[asyncio.Task[None]] = set()
 
-    async def publish(self, key: str, envelope: CallbackEnvelope) -> Reason | None:
-        """None once Kafka acknowledged the envelope; otherwise why it did not in time."""
+    async def publish(
+        self, key: str, envelope: CallbackEnvelope, trace: TraceParent
+    ) -> Reason | None:
+        """None once Kafka acknowledged the envelope (its `traceparent` header: `trace`);
+        otherwise why it did not in time."""
         delivery: asyncio.Future[Any] | None = None
         counters = self._counters
         counters.in_flight += 1
@@ -62,7 +67,9 @@ class Publisher:
             async with asyncio.timeout(self._ack_timeout):
                 # Cancelling `send` itself (waiting for metadata or buffer room) drops the
                 # message; once it returns, the message is queued and can only be waited for.
-                delivery = await self._producer.send(self._callbacks, envelope, key=key)
+                delivery = await self._producer.send(
+                    self._callbacks, envelope, key=key, headers=[(HEADER, trace.encode())]
+                )
                 await asyncio.shield(delivery)
         except TimeoutError:
             if delivery is not None:

@@ -27,7 +27,7 @@ def query_envelope(
     answer_sign_includes_envelope: bool,
 ) -> CallbackEnvelope:
     """The verified answer's signed fields as a query-sourced envelope (no peer: nobody sent
-    it). The same construction as the sweeper's `_forward` (workers/sweeper.py)."""
+    it): the sweeper's forwards and `paynotify requery` alike."""
     dropped = () if answer_sign_includes_envelope else ENVELOPE_FIELDS
     return CallbackEnvelope(
         fields={k: v for k, v in answer.raw.items() if k not in dropped},

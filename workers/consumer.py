@@ -30,6 +30,8 @@ from shared.adapters.outages import OUTAGES
 from shared.logs import get_logger
 from shared.platform.retry import OUTAGE_BACKOFF
 from shared.protocol.payment import order_key
+from shared.trace import from_headers as trace_from_headers
+from shared.trace import start as start_trace
 from workers.offsets import PartitionOffsets
 from workers.reconcile import Settlement, Sink, Work, publish_dead_letter
 
@@ -181,6 +183,9 @@ class CallbackConsumer:
         origin = f"{tp.topic}/{tp.partition}@{record.offset}"
         key = record.key.decode("utf-8", "replace") if record.key else origin
         raw: bytes = record.value or b""
+        # This worker's span: a child of the message's valid `traceparent`, else a trace of its own.
+        incoming = trace_from_headers(record.headers)
+        trace = start_trace() if incoming is None else incoming.child()
         owned.job_started()
 
         async def job() -> None:
@@ -192,7 +197,7 @@ class CallbackConsumer:
                 except EnvelopeError as exc:
                     await self._undecodable(key, origin, raw, str(exc))
                 else:
-                    work = Work(envelope=envelope, origin=origin, give_way=give_way)
+                    work = Work(envelope=envelope, origin=origin, give_way=give_way, trace=trace)
                     if await self._settle(work) is Settlement.GAVE_WAY:
                         return
                 offsets.settle(record.offset)

@@ -56,6 +56,8 @@ from shared.protocol.fields import FieldError
 from shared.protocol.models import ENVELOPE_FIELDS
 from shared.protocol.payment import PaymentReport, parse_payment_report
 from shared.protocol.signing import SignatureError, verify
+from shared.trace import TraceParent
+from shared.trace import parse as trace_parse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Container, Mapping, Sequence
@@ -110,16 +112,20 @@ class Work:
     # Set when the message's partition is revoked: waiting for another worker's lock stops at
     # once (the next owner redelivers). Not part of the retry form.
     give_way: asyncio.Event | None = field(default=None, compare=False, repr=False)
+    # This worker's span of the notification's trace (shared.trace): the outcome event's
+    # `traceparent`. None: the event carries none.
+    trace: TraceParent | None = field(default=None, compare=False)
 
     def to_retry(self) -> bytes:
-        return orjson.dumps(
-            {
-                "envelope": self.envelope,
-                "attempts": self.attempts,
-                "requeries": self.requeries,
-                "origin": self.origin,
-            }
-        )
+        document: dict[str, object] = {
+            "envelope": self.envelope,
+            "attempts": self.attempts,
+            "requeries": self.requeries,
+            "origin": self.origin,
+        }
+        if self.trace is not None:
+            document["traceparent"] = str(self.trace)
+        return orjson.dumps(document)
 
     @classmethod
     def from_retry(cls, member: bytes) -> Work:
@@ -135,10 +141,16 @@ class Work:
         attempts, requeries = (_retry_count(count) for count in counts)
         if not isinstance(origin, str):
             raise EnvelopeError("retry entry origin must be a string")
+        traceparent = document.get("traceparent")
+        trace = trace_parse(traceparent)
+        if traceparent is not None and trace is None:
+            raise EnvelopeError("retry entry traceparent is not a W3C trace context")
         envelope = CallbackEnvelope.decode(orjson.dumps(document["envelope"]))
         if "mch_order" not in envelope.fields:
             raise EnvelopeError("retry entry's report has no mch_order")
-        return cls(envelope=envelope, attempts=attempts, requeries=requeries, origin=origin)
+        return cls(
+            envelope=envelope, attempts=attempts, requeries=requeries, origin=origin, trace=trace
+        )
 
 
 def _retry_count(value: object) -> int:
@@ -404,10 +416,14 @@ class Reconciler:
         if isinstance(decision, RequeryLater):
             later = replace(work, requeries=decision.attempt)
             return await self._defer(later, report, lock.token, decision.delay, transient=False)
-        return await self._settle(report, lock, decision)
+        return await self._settle(report, lock, decision, work.trace)
 
     async def _settle(
-        self, report: PaymentReport, lock: Locked, outcome: PaymentReconciled
+        self,
+        report: PaymentReport,
+        lock: Locked,
+        outcome: PaymentReconciled,
+        trace: TraceParent | None,
     ) -> Settlement:
         now = self.clock.time()
         settles = outcome.type in _SETTLING and not report.repeat and lock.record is not None
@@ -416,7 +432,7 @@ class Reconciler:
             lock.token,
             event_type=outcome.type,
             event_id=event_id(outcome.type, report.mch_id, report.mch_order),
-            event=encode(outcome, time=now),
+            event=encode(outcome, time=now, trace=trace),
             decided_at=now,
             settle_record=(report.mch_id, report.mch_order) if settles else None,
         )

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import orjson
 
 from shared import topics
-from shared.adapters.kafka import CallbackEnvelope
 from shared.adapters.order_book import SWEEPER_LEASE_KEY, CorruptRecordError, OrderEntry
 from shared.adapters.outages import OUTAGES
 from shared.adapters.parked import ParkedRecordError, decode_parked
@@ -51,7 +50,9 @@ from shared.domain.sweep import (
 from shared.logs import get_logger
 from shared.platform.retry import OUTAGE_BACKOFF, wait_out
 from shared.protocol.errors import OrderNotFound, PlatformError, UnknownMerchant, clean_msg
-from shared.protocol.models import ENVELOPE_FIELDS
+from shared.query_envelope import query_envelope
+from shared.trace import HEADER as TRACE_HEADER
+from shared.trace import start
 from workers.reconcile import dead_letter
 
 if TYPE_CHECKING:
@@ -66,7 +67,6 @@ if TYPE_CHECKING:
     from shared.protocol.models import OrderQueryAnswer
 
 _T = TypeVar("_T")
-SOURCE_QUERY = "query"  # the envelope's `source` for reports the sweeper found
 DLQ_ORIGIN = "sweeper"  # the `origin` of the sweeper's dead letters (the workers' name a topic)
 Claimed = OrderEntry | CorruptRecordError | None
 _PARKED_BATCH = 100  # parked entries asked for per scan step
@@ -79,7 +79,9 @@ class OrderQuery(Protocol):
 class Publisher(Protocol):
     """An acks=all producer (shared.adapters.kafka.start_producer): keys as text."""
 
-    async def send_and_wait(self, topic: str, value: bytes, key: str) -> object: ...
+    async def send_and_wait(
+        self, topic: str, value: bytes, key: str, headers: list[tuple[str, bytes]] | None = None
+    ) -> object: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +160,7 @@ class Sweeper:
         self._new_id = new_id
         # What the platform's signature covers decides what the forwarded report keeps: the
         # workers verify it again (PAYNOTIFY_ANSWER_SIGN_INCLUDES_ENVELOPE).
-        self._dropped = () if answer_sign_includes_envelope else ENVELOPE_FIELDS
+        self._answer_sign_includes_envelope = answer_sign_includes_envelope
         self._random = random
         self._pacer = Pacer(clock, limits.rate)
         self._rest = MerchantRest(schedule)
@@ -328,9 +330,13 @@ class Sweeper:
                 self._log.error("parked_corrupt", field=_text(field.decode("ascii", "replace")))
                 await self._dead_letter_parked(field, raw, str(exc))
             else:
+                trace = entry.trace or start()  # parked by an ingress that traced nothing
                 await self._io(
                     lambda: self._producer.send_and_wait(
-                        self._callbacks_topic, entry.envelope, key=entry.key
+                        self._callbacks_topic,
+                        entry.envelope,
+                        key=entry.key,
+                        headers=[(TRACE_HEADER, trace.encode())],
                     )
                 )
                 self.stats["parked_released"] += 1
@@ -494,24 +500,24 @@ class Sweeper:
 
     async def _forward(self, record: OrderRecord, answer: OrderQueryAnswer) -> None:
         """The answer's signed fields (every field its signature covers) enter the normal path."""
-        envelope = CallbackEnvelope(
-            fields={k: v for k, v in answer.raw.items() if k not in self._dropped},
-            key_id=answer.key_id,
+        value = query_envelope(
+            answer,
             received_at=self._clock.time(),
-            peer=None,
             delivery_id=self._new_id(),
-            source=SOURCE_QUERY,
-        )
-        value = envelope.encode()
+            answer_sign_includes_envelope=self._answer_sign_includes_envelope,
+        ).encode()
+        headers = [(TRACE_HEADER, start().encode())]  # a trace of its own: nothing upstream
         await self._io(
-            lambda: self._producer.send_and_wait(self._callbacks_topic, value, key=record.order_key)
+            lambda: self._producer.send_and_wait(
+                self._callbacks_topic, value, key=record.order_key, headers=headers
+            )
         )
         self.stats["forwarded"] += 1
 
     async def _expire(self, record: OrderRecord, decision: ExpireOrder) -> None:
         step = await self._io(lambda: self._book.begin_expire(record))
         if step == "emit":
-            value = encode(decision.event, time=self._clock.time())
+            value = encode(decision.event, time=self._clock.time(), trace=start())
             await self._io(
                 lambda: self._producer.send_and_wait(
                     self._events_topic, value, key=record.order_key

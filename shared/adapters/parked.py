@@ -13,8 +13,9 @@ Layout: one hash, `pn:parked`. Field: the SHA-256 of the notification's fields, 
 one notification make one entry however many of them fail; a different notification of the same
 order (another status, a repeat payment) is another entry. Value: JSON
 `{"v": 1, "key": order key, "parked_at": Unix seconds, "envelope": the callbacks message as
-text}`. The hash is bounded (`PAYNOTIFY_INGRESS_PARK_MAX`): when full, nothing more is parked
-(counted); the platform's tries go on as before.
+text, "traceparent": the ingress's W3C trace context}` (`traceparent` may be absent). The
+hash is bounded (`PAYNOTIFY_INGRESS_PARK_MAX`): when full, nothing more is parked (counted);
+the platform's tries go on as before.
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ import orjson
 
 from shared.adapters.kafka import CallbackEnvelope, EnvelopeError
 from shared.protocol.payment import order_key
+from shared.trace import parse as trace_parse
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+
+    from shared.trace import TraceParent
 
 PARKED_KEY = "pn:parked"
 # Kafka's default largest message: a larger value could not be published anyway, and no
@@ -62,6 +66,7 @@ class Parked:
     key: str  # the Kafka key (`mch_id:mch_order`)
     parked_at: float
     envelope: bytes  # the callbacks message, byte for byte as the ingress encoded it
+    trace: TraceParent | None  # the ingress's span, for the message's `traceparent` header
 
 
 def fingerprint(fields: dict[str, str]) -> str:
@@ -69,10 +74,18 @@ def fingerprint(fields: dict[str, str]) -> str:
     return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def encode_parked(key: str, envelope: CallbackEnvelope, parked_at: float) -> bytes:
-    return orjson.dumps(
-        {"v": _VERSION, "key": key, "parked_at": parked_at, "envelope": envelope.encode().decode()}
-    )
+def encode_parked(
+    key: str, envelope: CallbackEnvelope, parked_at: float, trace: TraceParent | None = None
+) -> bytes:
+    document = {
+        "v": _VERSION,
+        "key": key,
+        "parked_at": parked_at,
+        "envelope": envelope.encode().decode(),
+    }
+    if trace is not None:
+        document["traceparent"] = str(trace)
+    return orjson.dumps(document)
 
 
 def decode_parked(field: bytes, raw: bytes) -> Parked:
@@ -90,6 +103,10 @@ def decode_parked(field: bytes, raw: bytes) -> Parked:
         raise ParkedRecordError("parked key and envelope must be strings")
     if isinstance(parked_at, bool) or not isinstance(parked_at, int | float):
         raise ParkedRecordError("parked_at must be a number")
+    traceparent = document.get("traceparent")
+    trace = trace_parse(traceparent)
+    if traceparent is not None and trace is None:
+        raise ParkedRecordError("parked traceparent is not a W3C trace context")
     envelope = text.encode()
     try:
         fields = CallbackEnvelope.decode(envelope).fields
@@ -100,7 +117,7 @@ def decode_parked(field: bytes, raw: bytes) -> Parked:
         raise ParkedRecordError("parked key does not match the envelope's order")
     if field.decode("ascii", "replace") != fingerprint(fields):
         raise ParkedRecordError("parked field does not match the envelope's fields")
-    return Parked(field=field, key=key, parked_at=float(parked_at), envelope=envelope)
+    return Parked(field=field, key=key, parked_at=float(parked_at), envelope=envelope, trace=trace)
 
 
 class ParkedNotifications:
@@ -111,11 +128,17 @@ class ParkedNotifications:
         self._park = redis.register_script(_PARK)
 
     async def park(
-        self, key: str, envelope: CallbackEnvelope, parked_at: float, *, bound: int
+        self,
+        key: str,
+        envelope: CallbackEnvelope,
+        parked_at: float,
+        trace: TraceParent | None,
+        *,
+        bound: int,
     ) -> ParkResult:
         """Keep one copy of the notification, unless one is kept already or `bound` entries
         are (PAYNOTIFY_INGRESS_PARK_MAX)."""
-        value = encode_parked(key, envelope, parked_at)
+        value = encode_parked(key, envelope, parked_at, trace)
         result = await self._park(
             keys=[PARKED_KEY], args=[fingerprint(envelope.fields), value, bound]
         )

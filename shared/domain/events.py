@@ -12,11 +12,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import orjson
 
 from shared.protocol.payment import order_key
+
+if TYPE_CHECKING:
+    from shared.trace import TraceParent
 
 Source = Literal["notification", "query"]  # a platform notification, or the sweeper's query
 Value = int | str | None  # a platform field's value, as `expected` reports it
@@ -161,9 +164,12 @@ def rfc3339(timestamp: float) -> str:
     return moment.isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
 
 
-def to_cloudevent(outcome: Outcome, *, time: float) -> dict[str, Any]:
-    """The outcome as a CloudEvents 1.0 structured-mode object; `time` is Unix seconds."""
-    return {
+def to_cloudevent(
+    outcome: Outcome, *, time: float, trace: TraceParent | None = None
+) -> dict[str, Any]:
+    """The outcome as a CloudEvents 1.0 structured-mode object; `time` is Unix seconds; `trace`
+    (the decision's span) becomes the `traceparent` extension attribute."""
+    event = {
         "specversion": SPECVERSION,
         "id": event_id(outcome.type, outcome.mch_id, outcome.mch_order),
         "source": PRODUCERS[outcome.type],
@@ -173,11 +179,14 @@ def to_cloudevent(outcome: Outcome, *, time: float) -> dict[str, Any]:
         "datacontenttype": "application/json",
         "data": _data(outcome),
     }
+    if trace is not None:
+        event["traceparent"] = str(trace)
+    return event
 
 
-def encode(outcome: Outcome, *, time: float) -> bytes:
+def encode(outcome: Outcome, *, time: float, trace: TraceParent | None = None) -> bytes:
     """The structured CloudEvent as JSON bytes, ready to publish and to record as the outcome."""
-    return orjson.dumps(to_cloudevent(outcome, time=time))
+    return orjson.dumps(to_cloudevent(outcome, time=time, trace=trace))
 
 
 def _data(outcome: Outcome) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from shared.adapters.topics import ensure_topics
 from shared.merchants import LiveMerchants, parse_merchants
 from shared.protocol.signing import MerchantKey, signed
 from shared.settings import Settings
+from shared.trace import from_headers as trace_from_headers
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -308,6 +309,29 @@ async def test_a_key_rotation_in_the_merchants_file_takes_effect_without_a_resta
         await until(KEY, 401)
         assert await status(new_key) == 200
         assert live.reloads == 2
+
+
+async def test_the_callbacks_message_carries_the_notifications_trace_context(
+    ingress: Running, http: aiohttp.ClientSession, callbacks: TopicTail
+) -> None:
+    """A valid `traceparent` sent along is continued (same trace, the ingress's own span); a
+    malformed one is never echoed: a new trace starts, as it does without one."""
+    sent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    traces = []
+    for header in (sent, "00-forged-by-a-sender", None):
+        order = new_order()
+        headers = {"Content-Type": FORM} | ({"traceparent": header} if header else {})
+        body = urlencode(notification(order))
+        async with http.post(f"{ingress.url}/notify", data=body, headers=headers) as response:
+            assert (response.status, await response.text()) == (200, "success")
+        record = await callbacks.until(key_is(f"{MCH}:{order}"))
+        trace = trace_from_headers(record.headers)
+        assert trace is not None, record.headers
+        traces.append(trace)
+    continued = traces[0]
+    assert continued.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert continued.span_id != "00f067aa0ba902b7"
+    assert len({t.trace_id for t in traces}) == 3  # the forged one and none: new traces
 
 
 async def test_allow_from_admits_the_listed_network(

@@ -41,6 +41,7 @@ from shared.domain.events import (
 )
 from shared.domain.orders import OrderRecord, OrderState
 from shared.protocol.payment import PaymentReport, PaymentStatus
+from shared.trace import start
 
 if TYPE_CHECKING:
     from shared.domain.decision import RecordsPolicy
@@ -149,6 +150,18 @@ def test_an_event_of_every_type_validates_against_its_schema(event_type: EventTy
     event = to_cloudevent(one_of_each()[event_type], time=NOW)
     assert event["type"] == event_type
     assert_valid(event)
+
+
+@pytest.mark.parametrize("event_type", ALL_TYPES)
+def test_an_event_with_trace_context_validates_and_a_bad_one_does_not(
+    event_type: EventType,
+) -> None:
+    """The CloudEvents `traceparent` extension: the decision's span, in the W3C format."""
+    trace = start()
+    event = to_cloudevent(one_of_each()[event_type], time=NOW, trace=trace)
+    assert event["traceparent"] == str(trace)
+    assert_valid(event)
+    assert not validator(event_type).is_valid({**event, "traceparent": "00-forged"})
 
 
 @pytest.mark.parametrize("event_type", ALL_TYPES)
