@@ -22,6 +22,7 @@ from shared.platform.retry import RetryPolicy
 from shared.protocol.catalog import PayTypeCatalog
 from shared.protocol.errors import (
     MalformedAnswer,
+    ParameterCheckFailed,
     PlatformError,
     PlatformUnavailable,
     UnknownMerchant,
@@ -263,8 +264,12 @@ class PlatformClient:
     async def _call(
         self, endpoint: str, path: str, form: dict[str, str], merchant: Merchant
     ) -> Answer:
-        """POST the signed form; retry transient failures; return a success answer or raise."""
-        body = signed(form, merchant.signing_key)
+        """POST the signed form; retry transient failures; return a success answer or raise.
+        Signed with the merchant's first key; a `101` (signature refused) is tried again with
+        each further key once, so that a key rotation (docs/operations.md) never fails a call
+        whichever key the platform holds at that moment."""
+        keys = iter(merchant.keys)
+        body = signed(form, next(keys))
         url = self._config.url(path)
         policy = self._config.retry
         bound = self._log.bind(
@@ -277,6 +282,10 @@ class PlatformClient:
                 if not answer.ok:
                     raise error_for(answer.code, answer.msg)
             except PlatformError as exc:
+                if isinstance(exc, ParameterCheckFailed) and (key := next(keys, None)):
+                    bound.info("platform_signature_refused", next_key_id=key.key_id)
+                    body = signed(form, key)
+                    continue
                 if not exc.transient or retry >= policy.retries:
                     # An answer like 103 is routine for callers; giving up on a transient is not.
                     report = bound.warning if exc.transient else bound.info

@@ -399,6 +399,25 @@ async def test_bad_signature_or_malformed_field_is_101(
     assert isinstance(error, ParameterCheckFailed)
 
 
+async def test_a_refused_signature_is_tried_again_with_the_next_key(
+    sandbox: Sandbox, merchant: Merchant, receiver: Receiver
+) -> None:
+    """During a key rotation the merchants file lists a key the platform does not hold (yet, or
+    any more) first: its 101 is answered by signing with the next key, once per key."""
+    stale = MerchantKey.from_secret("a key the platform does not hold")
+    rotating = {merchant.mch_id: Merchant(merchant.mch_id, (stale, *merchant.keys))}
+    async with make_client(sandbox, rotating) as platform:
+        request = order_request(merchant, receiver)
+        created = await platform.create_order(request)
+        assert created.mch_order == request.mch_order
+        answer = await platform.query_order(merchant.mch_id, request.mch_order)
+        assert answer.report.mch_order == request.mch_order
+    only_stale = {merchant.mch_id: Merchant(merchant.mch_id, (stale, stale))}
+    async with make_client(sandbox, only_stale) as platform:
+        with pytest.raises(ParameterCheckFailed):  # every key tried once, then the refusal
+            await platform.query_order(merchant.mch_id, request.mch_order)
+
+
 async def test_unknown_merchant_is_102(sandbox: Sandbox, receiver: Receiver) -> None:
     """A merchant the platform does not know gets 102."""
     ghost = Merchant("ghost0001", (MerchantKey.from_secret("ghost-key"),))

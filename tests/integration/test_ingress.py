@@ -276,8 +276,8 @@ async def test_per_merchant_url_and_previous_key_are_accepted(
 async def test_a_key_rotation_in_the_merchants_file_takes_effect_without_a_restart(
     settings: Settings, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    """The rotation of docs/operations.md on a running ingress: the new key added first (SIGHUP),
-    both verify while the platform switches, then the old one removed (the file watch sees it
+    """The rotation of docs/operations.md on a running ingress: the new key added (SIGHUP), both
+    verify while the platform switches, then the old one removed (the file watch sees it
     without a signal). No notification signed with a listed key is refused on the way."""
     new_key = "9f8e7d6c5b4a39281706f5e4d3c2b1a0"
     path = tmp_path / "merchants.toml"
@@ -301,7 +301,7 @@ async def test_a_key_rotation_in_the_merchants_file_takes_effect_without_a_resta
     async with serve(build_app(watched, live)) as ingress:
         await until(KEY, 200)  # the Kafka clients are up
         assert await status(new_key) == 401
-        write(new_key, KEY)
+        write(KEY, new_key)  # step 1: the new key second
         os.kill(os.getpid(), signal.SIGHUP)
         await until(new_key, 200)
         assert await status(KEY) == 200  # still listed: never refused during the switch
