@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client.exposition import generate_latest
+from redis.asyncio import Redis
 
 from ingress.counters import IngressCounters
 from shared.clock import SystemClock
@@ -57,10 +58,12 @@ class _Runner:
 @cache
 def exported() -> frozenset[str]:
     """Every series name the ingress, a worker and the sweeper expose on /metrics."""
+    # A client that never connects: the probes only prepare their scripts with it.
+    redis = Redis(host="127.0.0.1", port=1)
     registries = (
         IngressCounters().registry,
-        WorkerProbes(Settings(), SystemClock(), None, None, _Runner(), Counter()).registry,  # type: ignore[arg-type]
-        SweeperProbes(SystemClock(), None).registry,  # type: ignore[arg-type]
+        WorkerProbes(Settings(), SystemClock(), redis, None, _Runner(), Counter()).registry,  # type: ignore[arg-type]
+        SweeperProbes(SystemClock(), redis).registry,
     )
     names: set[str] = set()
     for registry in registries:
