@@ -26,7 +26,7 @@ from aiokafka.structs import OffsetAndMetadata
 from redis.exceptions import RedisError
 
 from shared.adapters.kafka import CallbackEnvelope, EnvelopeError
-from shared.adapters.outages import OUTAGES
+from shared.adapters.outages import OUTAGES, REDIS_OUTAGES
 from shared.logs import get_logger
 from shared.platform.retry import OUTAGE_BACKOFF
 from shared.protocol.payment import order_key
@@ -46,6 +46,10 @@ if TYPE_CHECKING:
     from shared.clock import Clock
     from workers.keyed import KeyedRunner
 
+
+# What the marks, claims and finishes of Redis bookkeeping wait out and try again: any Redis
+# error (they touch no item's data), the cluster's own (not all are RedisErrors), sockets.
+_REDIS_TROUBLE = (RedisError, *REDIS_OUTAGES, OSError)
 
 # CloudEvents' Kafka binding, structured mode: the whole event is the value, announced here.
 CLOUDEVENTS_HEADERS = (("content-type", b"application/cloudevents+json; charset=UTF-8"),)
@@ -239,7 +243,7 @@ class CallbackConsumer:
             keys = list(self._published)
             try:
                 await self._store.mark_published(keys)
-            except (RedisError, OSError) as exc:
+            except _REDIS_TROUBLE as exc:
                 # Redis away: no commit this cycle (the marks must come first); the next tries.
                 self._stats["commit_skipped"] += 1
                 self._log.warning("mark_published_failed", error=type(exc).__name__)
@@ -327,7 +331,7 @@ class RetryPoller:
                 members = await self._store.claim_retries(
                     self._clock.time(), self._lease, self._batch
                 )
-            except (RedisError, OSError) as exc:
+            except _REDIS_TROUBLE as exc:
                 delay = OUTAGE_BACKOFF.backoff(outages, random.random)
                 outages += 1
                 self._log.warning("retry_claim_failed", error=type(exc).__name__)
@@ -381,7 +385,7 @@ class RetryPoller:
         while True:
             try:
                 await self._store.finish_retry(member)
-            except (RedisError, OSError):
+            except _REDIS_TROUBLE:
                 await self._clock.sleep(OUTAGE_BACKOFF.backoff(retry, random.random))
                 retry += 1
             else:

@@ -21,6 +21,8 @@ REDIS_OUTAGES: Final[tuple[type[Exception], ...]] = (
     redis.MasterDownError,  # a replica that lost its primary
     redis.TryAgainError,
     redis.OutOfMemoryError,  # maxmemory reached: keys expire and writes are taken again
+    redis.ClusterDownError,  # a Redis Cluster without a majority or with slots unserved
+    redis.SlotNotCoveredError,  # a slot with no node yet (a failover in progress)
 )
 
 # The broker's retriable errors, and the client's own timeouts (a broker that is away shows up
