@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 # What the marks, claims and finishes of Redis bookkeeping wait out and try again: any Redis
 # error (they touch no item's data), the cluster's own (not all are RedisErrors), sockets.
-_REDIS_TROUBLE = (RedisError, *REDIS_OUTAGES, OSError)
+_REDIS_TROUBLE: tuple[type[Exception], ...] = (RedisError, *REDIS_OUTAGES, OSError)
 
 # CloudEvents' Kafka binding, structured mode: the whole event is the value, announced here.
 CLOUDEVENTS_HEADERS = (("content-type", b"application/cloudevents+json; charset=UTF-8"),)
