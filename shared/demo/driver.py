@@ -31,7 +31,7 @@ from shared.demo.isolation import (
     release_database,
     start_group_at_end,
 )
-from shared.demo.observe import ControlError, SandboxControl, ingress_counts
+from shared.demo.observe import ControlError, SandboxControl, ingress_counts, scrape
 from shared.demo.plan import PAID_AFTER, PlannedOrder, plan_orders
 from shared.demo.report import Observed, SeenEvent
 from shared.merchants import load_merchants
@@ -365,6 +365,7 @@ class DemoRun:
             with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
                 await self._read_deliveries(sandbox)
                 self.seen.ingress = await ingress_counts(session, self.pipeline.ingress_url)
+                self.seen.metrics = await scrape(session, self.pipeline.metrics)
                 self.sandbox_paid = int((await sandbox.stats())["counters"].get("paid", 0))
             self.progress.show(self.sandbox_paid)
             await asyncio.sleep(1.0)

@@ -1,12 +1,14 @@
-"""The demo's HTTP views: the sandbox's control API and the ingress's counters (adapters)."""
+"""The demo's HTTP views: the sandbox's control API and the processes' /metrics (adapters)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from shared.demo.report import IngressCounts, parse_ingress_metrics
+from shared.demo.report import IngressCounts, metric_totals, parse_ingress_metrics
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     import aiohttp
 
 
@@ -87,3 +89,15 @@ async def ingress_counts(session: aiohttp.ClientSession, ingress_url: str) -> In
     async with session.get(f"{ingress_url.rstrip('/')}/metrics") as response:
         response.raise_for_status()
         return parse_ingress_metrics(await response.text())
+
+
+async def scrape(
+    session: aiohttp.ClientSession, urls: Mapping[str, str]
+) -> dict[str, dict[str, float]]:
+    """Every process's /metrics (`Pipeline.metrics`), reduced by `metric_totals`."""
+    found: dict[str, dict[str, float]] = {}
+    for name, url in urls.items():
+        async with session.get(url) as response:
+            response.raise_for_status()
+            found[name] = metric_totals(await response.text())
+    return found

@@ -57,6 +57,26 @@ def parse_ingress_metrics(text: str) -> IngressCounts:
     return IngressCounts(published, refusals)
 
 
+def metric_totals(text: str) -> dict[str, float]:
+    """One process's Prometheus text reduced to one figure per `paynotify_` sample name: the
+    sum over its label sets (`paynotify_worker_events_total`: every event the worker counted)."""
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        match = _METRIC.match(line.strip())
+        if match is not None and match["name"].startswith("paynotify_"):
+            totals[match["name"]] = totals.get(match["name"], 0.0) + float(match["value"])
+    return totals
+
+
+# What each process's /metrics must show at the end of a run, with a value above zero: the
+# figures that prove it did its work (its build info proves it is the process we started).
+PROCESS_WORK = {
+    "ingress": "paynotify_ingress_published_total",
+    "worker": "paynotify_worker_events_total",
+    "sweeper": "paynotify_sweeper_events_total",
+}
+
+
 @dataclass
 class DeliveryLog:
     """The sandbox's delivery attempts (`GET /_sandbox/deliveries`), reduced as they come."""
@@ -145,6 +165,8 @@ class Observed:
     created_by: float = 0.0  # ... of the last one's
     finished: float = 0.0  # Unix time the run stopped waiting for outcomes
     interrupted: bool = False
+    # Each process's /metrics at the end (`metric_totals`), by process name.
+    metrics: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     def ours(self, event: SeenEvent) -> bool:
         prefix = order_prefix(self.run_id)
@@ -190,6 +212,7 @@ class Summary:
     elapsed: float  # seconds from the first order created to the end of the run
     checks: Sequence[Check]
     interrupted: bool
+    metrics: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -232,6 +255,7 @@ class Summary:
                 "elapsed": round(self.elapsed, 2),
             },
             "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks],
+            "metrics": {name: dict(figures) for name, figures in self.metrics.items()},
             "interrupted": self.interrupted,
             "ok": self.ok,
         }
@@ -291,6 +315,7 @@ def summarize(seen: Observed) -> Summary:
         elapsed=max(seen.finished - seen.started, 0.0),
         checks=checks(seen),
         interrupted=seen.interrupted,
+        metrics=seen.metrics,
     )
 
 
@@ -371,6 +396,24 @@ def checks(seen: Observed) -> list[Check]:
             "dropped notifications settled by the sweeper",
             len(by_sweeper) == len(dropped),
             f"{len(by_sweeper)}/{len(dropped)}",
+        )
+    )
+
+    # Every process answers with its build info; each role's processes together show their
+    # work (a worker that joined late may rightly have had nothing to do in a small run).
+    silent = sorted(n for n, f in seen.metrics.items() if not f.get("paynotify_build_info"))
+    work: dict[str, float] = dict.fromkeys(PROCESS_WORK, 0.0)
+    for name, figures in seen.metrics.items():
+        role = name.split("-", 1)[0]
+        work[role] = work.get(role, 0.0) + figures.get(PROCESS_WORK.get(role, ""), 0.0)
+    idle = sorted(role for role in PROCESS_WORK if not work[role] > 0)
+    found.append(
+        Check(
+            "every process's /metrics shows its work",
+            not silent and not idle,
+            f"{len(seen.metrics)} processes scraped"
+            + (f"; no build info from {', '.join(silent)}" if silent else "")
+            + (f"; no work shown by {', '.join(idle)}" if idle else ""),
         )
     )
 

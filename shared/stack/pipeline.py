@@ -120,6 +120,8 @@ class Pipeline:
     sandbox_port: int = field(default_factory=free_port)
     ingress_port: int = field(default_factory=free_port)
     processes: list[ServiceProcess] = field(default_factory=list)
+    # Each started process's /metrics (workers and sweepers get a listener of their own).
+    metrics: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.env = {"PAYNOTIFY_PLATFORM_URL": self.sandbox_url + "/", **self.env}
@@ -153,14 +155,23 @@ class Pipeline:
 
     def start_ingress(self) -> ServiceProcess:
         process = self._spawn("ingress", ["-m", "ingress", "--port", str(self.ingress_port)])
+        self.metrics["ingress"] = f"{self.ingress_url}/metrics"
         wait_for_http(f"{self.ingress_url}/readyz", process=process)
         return process
 
     def start_worker(self, index: int = 0, **extra_env: str) -> ServiceProcess:
-        return self._spawn(f"worker-{index}", ["-m", "workers"], **extra_env)
+        return self._with_metrics(f"worker-{index}", ["-m", "workers"], extra_env)
 
     def start_sweeper(self, index: int = 0) -> ServiceProcess:
-        return self._spawn(f"sweeper-{index}", ["-m", "shared.cli", "sweeper"])
+        return self._with_metrics(f"sweeper-{index}", ["-m", "shared.cli", "sweeper"], {})
+
+    def _with_metrics(
+        self, name: str, argv: Sequence[str], extra_env: dict[str, str]
+    ) -> ServiceProcess:
+        """A worker or sweeper with its /healthz, /readyz and /metrics on a port of its own."""
+        port = free_port()
+        self.metrics[name] = f"http://127.0.0.1:{port}/metrics"
+        return self._spawn(name, argv, **{"PAYNOTIFY_METRICS_PORT": str(port), **extra_env})
 
     def ensure_topics(self) -> None:
         result = subprocess.run(

@@ -106,6 +106,15 @@ def test_a_small_run_settles_every_order_once(demo: Any, redis_url: str, tmp_pat
     refused = summary["ingress"]["refused"]
     assert refused.get("sign_mismatch (401)", 0) >= mix["forged"]
     assert summary["ingress"]["published"] > 0
+    # Every process's /metrics was scraped at the end of the run and shows real work.
+    metrics = summary["metrics"]
+    assert set(metrics) == {"ingress", "worker-0", "worker-1", "sweeper-0"}
+    published = summary["ingress"]["published"]
+    assert metrics["ingress"]["paynotify_ingress_published_total"] == published
+    workers = [metrics[f"worker-{i}"].get("paynotify_worker_events_total", 0) for i in (0, 1)]
+    assert sum(workers) >= sum(outcomes.values())
+    assert metrics["sweeper-0"]["paynotify_sweeper_events_total"] >= mix["dropped"]
+    assert all(m["paynotify_build_info"] == 1 for m in metrics.values())
     assert "End-to-end latency" in output
     assert "result: ok" in output
 
