@@ -29,7 +29,12 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import orjson
 
 from shared import topics
-from shared.adapters.order_book import SWEEPER_LEASE_KEY, CorruptRecordError, OrderEntry
+from shared.adapters.order_book import (
+    SWEEPER_LEASE_KEY,
+    CorruptRecordError,
+    OrderEntry,
+    SweepMark,
+)
 from shared.adapters.outages import OUTAGES
 from shared.adapters.parked import ParkedRecordError, decode_parked
 from shared.domain.decision import QueryAnswer
@@ -70,6 +75,7 @@ _T = TypeVar("_T")
 DLQ_ORIGIN = "sweeper"  # the `origin` of the sweeper's dead letters (the workers' name a topic)
 Claimed = OrderEntry | CorruptRecordError | None
 _PARKED_BATCH = 100  # parked entries asked for per scan step
+_MARK_EVERY = 1.0  # seconds between sweep marks, at least
 
 
 class OrderQuery(Protocol):
@@ -165,10 +171,12 @@ class Sweeper:
         self._pacer = Pacer(clock, limits.rate)
         self._rest = MerchantRest(schedule)
         self._stopping = asyncio.Event()
+        self._name = name.replace("/", "-")  # names the lease's holder (`paynotify status`)
         self._log = get_logger("sweeper", instance=name)
         self.stats: Counter[str] = Counter()
         self.leading = False
         self._claim_failures = 0
+        self._marked = float("-inf")  # monotonic time of the last sweep mark
 
     async def stop(self) -> None:
         """Stop claiming, let the queries in flight finish, release the lease, return."""
@@ -182,7 +190,7 @@ class Sweeper:
         failures = 0
         while not self._stopping.is_set():
             try:
-                token = await self._locks.acquire(SWEEPER_LEASE_KEY, lease_ms)
+                token = await self._locks.acquire(SWEEPER_LEASE_KEY, lease_ms, holder=self._name)
             except Exception as exc:  # never exit for the lease: wait, say so
                 pause = self._backoff("lease_unreachable", exc, failures)
                 failures += 1
@@ -268,7 +276,21 @@ class Sweeper:
             self._claim_failures += 1
             return []
         self._claim_failures = 0
+        await self._mark(len(members))
         return found
+
+    async def _mark(self, claimed: int) -> None:
+        """Say in Redis who swept last and when (`paynotify status`), at most once a second
+        (claims come as often as queries end); never a reason to stop."""
+        now = self._clock.monotonic()
+        if now - self._marked < _MARK_EVERY:
+            return
+        self._marked = now
+        try:
+            await self._book.mark_sweep(SweepMark(self._name, self._clock.time(), claimed))
+        except Exception as exc:  # a mark for people: the next look writes it again
+            self.stats["mark_failed"] += 1
+            self._log.debug("sweep_mark_failed", error=type(exc).__name__)
 
     async def _renew(self, token: str, lost: asyncio.Event, done: asyncio.Event) -> None:
         """Renew the lease every third of its TTL until `done`. A renewal that fails for an

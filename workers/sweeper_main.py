@@ -7,6 +7,8 @@ lease, the platform client and the producer.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import sys
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -144,7 +146,11 @@ async def _run_sweeper(  # noqa: PLR0917 - the collaborators run_sweeper built
     platform = PlatformClient.without_retries(
         settings, merchants, clock=clock, limit=settings.sweep_concurrency
     )
-    sweeper = build_sweeper(settings, redis, platform, producer, clock=clock, merchants=merchants)
+    # Who holds the lease, in `paynotify status`: the pod's (or machine's) name and the pid.
+    instance = f"{socket.gethostname()}:{os.getpid()}"
+    sweeper = build_sweeper(
+        settings, redis, platform, producer, clock=clock, merchants=merchants, name=instance
+    )
     probes.sweeper = sweeper
     try:
         log.info(

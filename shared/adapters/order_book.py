@@ -25,11 +25,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
+import orjson
+
 from shared.adapters import redis_keys
 from shared.adapters.outages import REDIS_OUTAGES
 from shared.adapters.redis_keys import (
     EXPIRED_PREFIX,
     ORDER_PREFIX,
+    SWEEPER_LAST_RUN_KEY,
     SWEEPER_LEASE_KEY,
     pending_keys,
 )
@@ -447,11 +450,60 @@ class OrderBook:
         await self._finish_expire(keys=self._expire_keys(record), args=[repr(self._clock.time())])
         await self.pending.remove(_raw(record.order_key))
 
+    async def mark_sweep(self, mark: SweepMark) -> None:
+        """The sweeper leader's last look (`pn:sweeper:last_run`), for `paynotify status`."""
+        await self._redis.set(SWEEPER_LAST_RUN_KEY, mark.encode(), ex=_MARK_TTL_S)
+
+    async def last_sweep(self) -> SweepMark | None:
+        raw = await self._redis.get(SWEEPER_LAST_RUN_KEY)
+        if raw is None:
+            return None
+        return SweepMark.decode(raw if isinstance(raw, bytes) else str(raw).encode())
+
     def _expire_keys(self, record: OrderRecord) -> list[str]:
         return [
             order_record_key(record.mch_id, record.mch_order),
             expired_marker_key(record.mch_id, record.mch_order),
         ]
+
+
+@dataclass(frozen=True, slots=True)
+class SweepMark:
+    """The sweeper leader's last look at the pending index (`pn:sweeper:last_run`): who, when
+    (Unix seconds), and how many orders it claimed then. `paynotify status` shows it."""
+
+    instance: str
+    at: float
+    claimed: int
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"instance": self.instance, "at": self.at, "claimed": self.claimed})
+
+    @classmethod
+    def decode(cls, raw: bytes) -> SweepMark:
+        """Strictly, or `CorruptRecordError` saying what is wrong (Redis is not trusted)."""
+        try:
+            document = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise CorruptRecordError("sweep mark is not JSON") from None
+        if not isinstance(document, dict):
+            raise CorruptRecordError("sweep mark is not an object")
+        instance, at, claimed = (
+            document.get("instance"),
+            document.get("at"),
+            document.get("claimed"),
+        )
+        if not isinstance(instance, str) or len(instance) > _MARK_TEXT:
+            raise CorruptRecordError("sweep mark instance must be a short string")
+        if isinstance(at, bool) or not isinstance(at, int | float):
+            raise CorruptRecordError("sweep mark at must be a number")
+        if isinstance(claimed, bool) or not isinstance(claimed, int) or claimed < 0:
+            raise CorruptRecordError("sweep mark claimed must be a count")
+        return cls(instance, float(at), claimed)
+
+
+_MARK_TEXT = 200  # characters of an instance name in a sweep mark, at most
+_MARK_TTL_S = 7 * 86400  # a mark older than this says nothing a lease would not
 
 
 def _raw(member: str) -> bytes:

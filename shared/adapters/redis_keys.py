@@ -34,6 +34,7 @@ EXPIRED_PREFIX: Final = "pn:expired:"
 PENDING_PREFIX: Final = "pn:orders:pending:"
 RETRY_PREFIX: Final = "pn:retry:"
 SWEEPER_LEASE_KEY: Final = "pn:sweeper:lease"
+SWEEPER_LAST_RUN_KEY: Final = "pn:sweeper:last_run"  # `SweepMark`, JSON, set by the leader
 
 
 def tagged(prefix: str, order_key: str) -> str:

@@ -30,9 +30,12 @@ class Locks:
         self._release = redis.register_script(_RELEASE)
         self._renew = redis.register_script(_RENEW)
 
-    async def acquire(self, key: str, ttl_ms: int) -> str | None:
-        """The lock's token when taken, None when somebody else holds it."""
-        token = secrets.token_hex(16)
+    async def acquire(self, key: str, ttl_ms: int, *, holder: str = "") -> str | None:
+        """The lock's token when taken, None when somebody else holds it. `holder` (text
+        without `/`) names who holds it for people reading the key: `holder/random`."""
+        if "/" in holder:
+            raise ValueError("a lock holder's name must not contain '/'")
+        token = f"{holder}/{secrets.token_hex(16)}" if holder else secrets.token_hex(16)
         taken = await self._redis.set(key, token, nx=True, px=ttl_ms)
         return token if taken else None
 

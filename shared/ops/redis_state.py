@@ -12,7 +12,13 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from shared.adapters.order_book import SWEEPER_LEASE_KEY, OrderBook, pending_figures
+from shared.adapters.order_book import (
+    SWEEPER_LEASE_KEY,
+    CorruptRecordError,
+    OrderBook,
+    SweepMark,
+    pending_figures,
+)
 from shared.adapters.outcomes import OutcomeStore, outcome_key, retry_figures
 from shared.adapters.parked import PARKED_KEY
 from shared.adapters.redis_client import connect_redis
@@ -30,12 +36,14 @@ _CONNECTIONS = 4
 
 @dataclass(frozen=True, slots=True)
 class Lease:
-    """The sweeper's lease as Redis has it. The lease holds a random token only (it does not
-    name its holder), so a prefix of the token tells instances apart across two runs."""
+    """The sweeper's lease as Redis has it: `holder/random` (the holder's host and pid, as the
+    sweeper names itself; None for a token without a name) and a prefix of the token, which
+    tells two runs of one holder apart."""
 
     held: bool
     token_prefix: str | None
     expires_in: float | None  # seconds
+    holder: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +54,10 @@ class RedisFigures:
     retries_due: int
     parked: int  # notifications the ingress parked, not yet published by the sweeper
     lease: Lease
-    # The sweeper keeps no mark of its last run in Redis; None says so (see `status`).
-    last_run: float | None = None
+    # The leader's last look at the pending index (`SweepMark`); None: none recorded (no
+    # sweeper led within the mark's week); `last_run_error`: a mark that does not read.
+    last_run: SweepMark | None = None
+    last_run_error: str | None = None
 
 
 def open_redis(settings: Settings) -> Redis:
@@ -64,12 +74,20 @@ async def read_figures(redis: Redis, clock: Clock, *, bound: float) -> RedisFigu
         parked = int(await redis.hlen(PARKED_KEY))
         token = await redis.get(SWEEPER_LEASE_KEY)
         ttl_ms = int(await redis.pttl(SWEEPER_LEASE_KEY))
+        try:
+            last_run, last_run_error = await book.last_sweep(), None
+        except CorruptRecordError as exc:
+            last_run, last_run_error = None, str(exc)
+    text = None if token is None else _text(token)
     lease = Lease(
-        held=token is not None,
-        token_prefix=None if token is None else _prefix(token),
+        held=text is not None,
+        token_prefix=None if text is None else text.rpartition("/")[2][:8],
         expires_in=ttl_ms / 1000 if ttl_ms >= 0 else None,
+        holder=text.rpartition("/")[0] or None if text is not None else None,
     )
-    return RedisFigures(pending, overdue, retries, retries_due, parked, lease)
+    return RedisFigures(
+        pending, overdue, retries, retries_due, parked, lease, last_run, last_run_error
+    )
 
 
 async def recorded_event(redis: Redis, order: str, *, bound: float) -> bytes | None:
@@ -80,6 +98,10 @@ async def recorded_event(redis: Redis, order: str, *, bound: float) -> bytes | N
     return event if isinstance(event, bytes) else None
 
 
-def _prefix(token: bytes | str) -> str:
+def _text(token: bytes | str) -> str:
+    # Printable whatever Redis holds: shown to an operator, never trusted.
     text = token.decode("ascii", "replace") if isinstance(token, bytes) else token
-    return text[:8]
+    return "".join(c if c.isprintable() else "?" for c in text[:_SHOWN])
+
+
+_SHOWN = 120  # characters of a lease token shown, at most

@@ -27,9 +27,7 @@ if TYPE_CHECKING:
 
     from shared.settings import Settings
 
-LAST_RUN_MISSING = (
-    "not recorded: the sweeper keeps no last-run mark in Redis (its lease shows one is running)"
-)
+LAST_RUN_MISSING = "not recorded: no sweeper has led this week"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +75,19 @@ def lag_rows(
 def render(status: Status) -> str:
     """The tables an operator reads."""
     figures, lease = status.redis, status.redis.lease
+    by = f"by {lease.holder} " if lease.holder else ""
     holder = (
-        f"held (token {lease.token_prefix}…, renews within {lease.expires_in:.1f} s)"
+        f"held {by}(token {lease.token_prefix}…, renews within {lease.expires_in:.1f} s)"
         if lease.held and lease.expires_in is not None
-        else ("held (no expiry!)" if lease.held else "free: no sweeper is leading")
+        else (f"held {by}(no expiry!)" if lease.held else "free: no sweeper is leading")
+    )
+    mark = figures.last_run
+    last_run = (
+        f"{when(mark.at)} by {mark.instance} ({mark.claimed} orders claimed)"
+        if mark is not None
+        else (
+            f"unreadable: {figures.last_run_error}" if figures.last_run_error else LAST_RUN_MISSING
+        )
     )
     dlq_rows: list[list[object]] = [[reason, n] for reason, n in status.dlq_reasons]
     if status.dlq_unreadable:
@@ -114,7 +121,7 @@ def render(status: Status) -> str:
         ),
         "",
         f"sweeper lease: {holder}",
-        f"sweeper last run: {when(figures.last_run) if figures.last_run else LAST_RUN_MISSING}",
+        f"sweeper last run: {last_run}",
     ]
     return "\n".join(parts)
 
@@ -122,7 +129,9 @@ def render(status: Status) -> str:
 def as_json(status: Status) -> bytes:
     document: dict[str, Any] = asdict(status)
     document["dlq_reasons"] = dict(status.dlq_reasons)
-    document["redis"]["last_run_note"] = None if status.redis.last_run else LAST_RUN_MISSING
+    document["redis"]["last_run_note"] = (
+        None if status.redis.last_run or status.redis.last_run_error else LAST_RUN_MISSING
+    )
     return orjson.dumps(document, option=orjson.OPT_INDENT_2)
 
 

@@ -206,6 +206,14 @@ async def test_paid_orders_are_forwarded_as_query_sourced_callbacks(
     task = asyncio.create_task(sweeper.run())
     try:
         await _until(lambda: _true(sweeper.stats["forwarded"] >= len(names)))
+        # Who leads and when it last looked, for `paynotify status`.
+        lease = await redis.get(SWEEPER_LEASE_KEY)
+        assert lease is not None
+        assert lease.startswith(b"a/")
+        mark = await OrderBook(redis, SystemClock()).last_sweep()
+        assert mark is not None
+        assert mark.instance == "a"
+        assert abs(mark.at - time.time()) < 5
     finally:
         await _stop((sweeper, task))
     records = await _read(kafka_bootstrap, topics[0], len(names))

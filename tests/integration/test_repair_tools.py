@@ -21,7 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata
 
 from shared.adapters.kafka import CallbackEnvelope, start_producer
-from shared.adapters.order_book import SWEEPER_LEASE_KEY, OrderBook
+from shared.adapters.order_book import SWEEPER_LEASE_KEY, OrderBook, SweepMark
 from shared.adapters.outcomes import OutcomeStore, outcome_key
 from shared.adapters.redis_lock import Locks
 from shared.adapters.topics import ensure_topics
@@ -179,8 +179,9 @@ async def _orders_retry_and_lease(redis: Redis) -> str:
     await later.record_pending(OrderRecord(TEST_MCH_ID, "p2", 1000, 10, int(time.time())))
     store = OutcomeStore(redis, outcome_ttl_seconds=60, lock_ttl_ms=1000)
     await store.defer(f"{TEST_MCH_ID}:r1", None, time.time() - 1, b'{"retry": 1}')
-    token = await Locks(redis).acquire(SWEEPER_LEASE_KEY, 10_000)
+    token = await Locks(redis).acquire(SWEEPER_LEASE_KEY, 10_000, holder="pod-7:42")
     assert token is not None
+    await book.mark_sweep(SweepMark("pod-7:42", time.time() - 3, 2))
     return token
 
 
@@ -227,14 +228,19 @@ async def test_status_reports_topics_lag_dead_letters_orders_retries_and_lease(e
     assert (figures["pending"], figures["overdue"]) == (2, 1)
     assert (figures["retries"], figures["retries_due"]) == (1, 1)
     assert figures["lease"]["held"] is True
-    assert figures["lease"]["token_prefix"] == token[:8]
-    assert figures["last_run"] is None
-    assert "no last-run mark" in figures["last_run_note"]
+    assert figures["lease"]["holder"] == "pod-7:42"
+    assert figures["lease"]["token_prefix"] == token.rpartition("/")[2][:8]
+    assert figures["last_run"]["instance"] == "pod-7:42"
+    assert figures["last_run"]["claimed"] == 2
+    assert figures["last_run_note"] is None
 
     before = await env.ends(names.dlq)
     code, out, _ = await env.run(status, "status", "--dry-run")
     assert code == EXIT_OK
-    for text in ("bad_signature", "overdue orders", "sweeper lease: held", names.callbacks):
+    for text in (
+        "bad_signature", "overdue orders", "sweeper lease: held by pod-7:42", names.callbacks,
+        "sweeper last run: ", "by pod-7:42 (2 orders claimed)",
+    ):  # fmt: skip
         assert text in out
     assert (
         out.rstrip().splitlines()[-1].startswith("status: 5 topics, 3 dead letters, 2 largest lag")
