@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from typing import TYPE_CHECKING
@@ -23,6 +24,7 @@ from ingress.app import INGRESS, SERVER_HEADER, build_admin_app, build_app
 from shared.logs import configure_logging, get_logger
 from shared.merchants import LiveMerchants, MerchantsFileError
 from shared.settings import Settings, SettingsError
+from shared.tracing import Spans, TracingUnavailableError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -75,7 +77,12 @@ def main(args: argparse.Namespace | None = None) -> int:
         admin_port=admin_port,
         merchants=len(merchants),
     )
-    app = build_app(settings, merchants, operations=admin_port is None)
+    try:
+        spans = Spans.from_env(os.environ, "ingress")
+    except TracingUnavailableError:
+        log.exception("ingress_config_invalid")
+        return EXIT_CONFIG
+    app = build_app(settings, merchants, operations=admin_port is None, spans=spans)
     asyncio.run(serve(app, args.host, args.port, settings, log, admin_port=admin_port))
     return 0
 

@@ -44,7 +44,9 @@ from shared.merchants_reload import watching
 from shared.platform.retry import wait_out
 from shared.protocol.catalog import PayTypeCatalog
 from shared.trace import HEADER as TRACE_HEADER
-from shared.trace import TraceParent, continue_or_start
+from shared.trace import TraceParent
+from shared.trace import parse as parse_trace
+from shared.tracing import Spans
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
@@ -81,8 +83,11 @@ class Ingress:
         clock: Clock,
         counters: IngressCounters,
         log: BoundLogger,
+        *,
+        spans: Spans | None = None,
     ) -> None:
         self.settings = settings
+        self.spans = spans or Spans.off()
         self.verifier = verifier
         self.clock = clock
         self.counters = counters
@@ -116,18 +121,22 @@ class Ingress:
             source=SOURCE_NOTIFICATION,
         )
         # This notification's span: a child of a valid `traceparent` sent along, else a trace.
-        trace = continue_or_start(request.headers.get(TRACE_HEADER))
-        publisher = self.publisher
-        if publisher is None:  # only before start-up finished (Kafka away) or after shutdown
-            refusal = _NOT_READY
-        else:
-            failure = await publisher.publish(verified.order_key, envelope, trace)
-            if failure is None:
-                return web.Response(body=SUCCESS, content_type="text/plain")
-            refusal = Refusal(failure)
-        # Still `fail` (the platform tries again), but kept: if every try meets Kafka away, the
-        # sweeper publishes the parked copy once it is back.
-        await self._park(verified.order_key, envelope, trace)
+        parent = parse_trace(request.headers.get(TRACE_HEADER))
+        with self.spans.span("ingress.notify", parent) as span:
+            span.set("paynotify.order_key", verified.order_key)
+            publisher = self.publisher
+            if publisher is None:  # only before start-up finished (Kafka away) or after shutdown
+                refusal = _NOT_READY
+            else:
+                failure = await publisher.publish(verified.order_key, envelope, span.trace)
+                if failure is None:
+                    span.set("paynotify.result", "published")
+                    return web.Response(body=SUCCESS, content_type="text/plain")
+                refusal = Refusal(failure)
+            span.set("paynotify.result", refusal.reason.value)
+            # Still `fail` (the platform tries again), but kept: if every try meets Kafka away,
+            # the sweeper publishes the parked copy once it is back.
+            await self._park(verified.order_key, envelope, span.trace)
         return self._refuse(request, refusal, received_at, form)
 
     async def _park(self, key: str, envelope: CallbackEnvelope, trace: TraceParent) -> None:
@@ -425,6 +434,7 @@ def build_app(
     clock: Clock | None = None,
     *,
     operations: bool = True,
+    spans: Spans | None = None,
 ) -> web.Application:
     """The ingress application; Kafka clients start when the app starts. `operations` False
     leaves /healthz, /readyz and /metrics to `build_admin_app` (a port of their own), so the
@@ -436,6 +446,7 @@ def build_app(
         clock=clock or SystemClock(),
         counters=IngressCounters(),
         log=get_logger("ingress"),
+        spans=spans,
     )
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[INGRESS] = ingress

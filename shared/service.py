@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from shared.logs import configure_logging
 from shared.merchants import MerchantsFileError
 from shared.settings import Settings, SettingsError
+from shared.tracing import TracingUnavailableError
 
 if TYPE_CHECKING:
     import argparse
@@ -53,7 +54,7 @@ def serve(
 
     try:
         asyncio.run(main())
-    except (SettingsError, MerchantsFileError) as exc:
+    except (SettingsError, MerchantsFileError, TracingUnavailableError) as exc:
         sys.stderr.write(f"{name}: {exc}\n")
         return EXIT_CONFIG
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -30,6 +31,7 @@ from shared.platform.client import PlatformClient
 from shared.probes import StatsCollector, new_registry, process_probes
 from shared.protocol.catalog import PayTypeCatalog
 from shared.service import serve
+from shared.tracing import Spans
 from workers.consumer import CLOUDEVENTS_HEADERS, CallbackConsumer, RetryPoller, TopicSink
 from workers.keyed import KeyedRunner
 from workers.orders_consumer import OrdersConsumer
@@ -175,6 +177,7 @@ async def _run_worker(  # noqa: PLR0917 - the collaborators run_worker built
         clock=clock,
         stats=stats,
         published=published,
+        spans=Spans.from_env(os.environ, "worker"),
     )
     retries = RetryPoller(
         store,

@@ -31,7 +31,7 @@ from shared.logs import get_logger
 from shared.platform.retry import OUTAGE_BACKOFF
 from shared.protocol.payment import order_key
 from shared.trace import from_headers as trace_from_headers
-from shared.trace import start as start_trace
+from shared.tracing import Spans
 from workers.offsets import PartitionOffsets
 from workers.reconcile import Settlement, Sink, Work, publish_dead_letter
 
@@ -121,8 +121,10 @@ class CallbackConsumer:
         published: set[str],
         commit_interval: float = 0.2,
         revoke_deadline: float = 15.0,
+        spans: Spans | None = None,
     ) -> None:
         self._consumer = consumer
+        self._spans = spans or Spans.off()
         self._topic = topic
         self._runner = runner
         self._settle = settle  # Reconciler.settle: returns only once the message is settled
@@ -189,7 +191,6 @@ class CallbackConsumer:
         raw: bytes = record.value or b""
         # This worker's span: a child of the message's valid `traceparent`, else a trace of its own.
         incoming = trace_from_headers(record.headers)
-        trace = start_trace() if incoming is None else incoming.child()
         owned.job_started()
 
         async def job() -> None:
@@ -201,8 +202,14 @@ class CallbackConsumer:
                 except EnvelopeError as exc:
                     await self._undecodable(key, origin, raw, str(exc))
                 else:
-                    work = Work(envelope=envelope, origin=origin, give_way=give_way, trace=trace)
-                    if await self._settle(work) is Settlement.GAVE_WAY:
+                    with self._spans.span("worker.settle", incoming) as span:
+                        work = Work(
+                            envelope=envelope, origin=origin, give_way=give_way, trace=span.trace
+                        )
+                        span.set("paynotify.order_key", key)
+                        settlement = await self._settle(work)
+                        span.set("paynotify.settlement", settlement.value)
+                    if settlement is Settlement.GAVE_WAY:
                         return
                 offsets.settle(record.offset)
             finally:

@@ -58,6 +58,7 @@ from shared.protocol.errors import OrderNotFound, PlatformError, UnknownMerchant
 from shared.query_envelope import query_envelope
 from shared.trace import HEADER as TRACE_HEADER
 from shared.trace import start
+from shared.tracing import Spans
 from workers.reconcile import dead_letter
 
 if TYPE_CHECKING:
@@ -147,6 +148,7 @@ class Sweeper:
         name: str = "sweeper",
         answer_sign_includes_envelope: bool = False,
         parked: ParkedNotifications | None = None,
+        spans: Spans | None = None,
     ) -> None:
         """`merchants`: the merchant ids the platform client has keys for; an order of any other
         merchant is not queried (it could only fail) and is given up after its hopeless tries.
@@ -163,6 +165,7 @@ class Sweeper:
         self._dlq_topic = dlq_topic
         self._merchants = merchants
         self._parked = parked  # None: another process publishes parked notifications
+        self._spans = spans or Spans.off()
         self._new_id = new_id
         # What the platform's signature covers decides what the forwarded report keeps: the
         # workers verify it again (PAYNOTIFY_ANSWER_SIGN_INCLUDES_ENVELOPE).
@@ -528,23 +531,27 @@ class Sweeper:
             delivery_id=self._new_id(),
             answer_sign_includes_envelope=self._answer_sign_includes_envelope,
         ).encode()
-        headers = [(TRACE_HEADER, start().encode())]  # a trace of its own: nothing upstream
-        await self._io(
-            lambda: self._producer.send_and_wait(
-                self._callbacks_topic, value, key=record.order_key, headers=headers
+        with self._spans.span("sweeper.forward", None) as span:  # nothing upstream: a trace
+            span.set("paynotify.order_key", record.order_key)
+            headers = [(TRACE_HEADER, span.trace.encode())]
+            await self._io(
+                lambda: self._producer.send_and_wait(
+                    self._callbacks_topic, value, key=record.order_key, headers=headers
+                )
             )
-        )
         self.stats["forwarded"] += 1
 
     async def _expire(self, record: OrderRecord, decision: ExpireOrder) -> None:
         step = await self._io(lambda: self._book.begin_expire(record))
         if step == "emit":
-            value = encode(decision.event, time=self._clock.time(), trace=start())
-            await self._io(
-                lambda: self._producer.send_and_wait(
-                    self._events_topic, value, key=record.order_key
+            with self._spans.span("sweeper.expire", None) as span:
+                span.set("paynotify.order_key", record.order_key)
+                value = encode(decision.event, time=self._clock.time(), trace=span.trace)
+                await self._io(
+                    lambda: self._producer.send_and_wait(
+                        self._events_topic, value, key=record.order_key
+                    )
                 )
-            )
             self.stats["expired"] += 1
             self._log.info(
                 "order_expired",

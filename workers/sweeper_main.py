@@ -29,6 +29,7 @@ from shared.merchants_reload import watching
 from shared.platform.client import PlatformClient
 from shared.probes import StatsCollector, new_registry, process_probes
 from shared.service import serve
+from shared.tracing import Spans
 from workers.sweeper import Sweeper, SweeperLimits
 
 if TYPE_CHECKING:
@@ -94,6 +95,7 @@ def build_sweeper(
         name=name,
         answer_sign_includes_envelope=settings.answer_sign_includes_envelope,
         parked=ParkedNotifications(redis),
+        spans=Spans.from_env(os.environ, "sweeper"),
     )
 
 

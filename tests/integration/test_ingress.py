@@ -24,6 +24,9 @@ import orjson
 import pytest
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from ingress.app import INGRESS, build_app
 from shared.adapters.kafka import CallbackEnvelope, start_admin
@@ -32,6 +35,7 @@ from shared.merchants import LiveMerchants, parse_merchants
 from shared.protocol.signing import MerchantKey, signed
 from shared.settings import Settings
 from shared.trace import from_headers as trace_from_headers
+from shared.tracing import Spans
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -332,6 +336,39 @@ async def test_the_callbacks_message_carries_the_notifications_trace_context(
     assert continued.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert continued.span_id != "00f067aa0ba902b7"
     assert len({t.trace_id for t in traces}) == 3  # the forged one and none: new traces
+
+
+async def test_with_opentelemetry_the_ingress_span_is_recorded_and_sent_on(
+    settings: Settings, http: aiohttp.ClientSession, callbacks: TopicTail
+) -> None:
+    """`paynotify[otel]` on: the notification's span is recorded as a child of the sender's,
+    and the callbacks message carries that span's own id."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    sent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    order = new_order()
+    app = build_app(settings, MERCHANTS, spans=Spans(provider.get_tracer("test")))
+    async with serve(app) as running:
+        headers = {"Content-Type": FORM, "traceparent": sent}
+        body = urlencode(notification(order))
+        async with asyncio.timeout(WAIT):
+            while True:  # the first requests may meet the Kafka clients starting
+                async with http.post(f"{running.url}/notify", data=body, headers=headers) as r:
+                    if r.status == 200:
+                        break
+                await asyncio.sleep(0.1)
+    record = await callbacks.until(key_is(f"{MCH}:{order}"))
+    trace = trace_from_headers(record.headers)
+    recorded = [s for s in exporter.get_finished_spans() if s.name == "ingress.notify"]
+    published = [s for s in recorded if (s.attributes or {}).get("paynotify.result") == "published"]
+    assert trace is not None
+    assert len(published) == 1
+    (span,) = published
+    assert f"{span.context.span_id:016x}" == trace.span_id
+    assert f"{span.context.trace_id:032x}" == trace.trace_id == sent[3:35]
+    assert span.parent is not None
+    assert f"{span.parent.span_id:016x}" == "00f067aa0ba902b7"
 
 
 async def test_allow_from_admits_the_listed_network(
