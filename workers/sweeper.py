@@ -272,13 +272,18 @@ class Sweeper:
             return []
         try:
             members = await self._book.claim_due(hold=self._limits.claim_hold, limit=free)
-            found = await self._book.entries(members) if members else []
         except Exception as exc:  # the index as a whole: wait, never exit
-            # The claimed members, if any, come due again after their hold.
             await self._pause(self._backoff("claim_failed", exc, self._claim_failures))
             self._claim_failures += 1
             return []
         self._claim_failures = 0
+        # Claimed: hidden from every claim for the hold, so an outage now is waited out here
+        # (dropping them would leave them unlooked-at for the whole hold).
+        try:
+            found = await self._io(lambda: self._book.entries(members)) if members else []
+        except Exception as exc:  # not an outage (waited out): said; their hold brings them back
+            await self._pause(self._backoff("claim_read_failed", exc, self._claim_failures))
+            return []
         await self._mark(len(members))
         return found
 

@@ -89,14 +89,21 @@ class ShardedSchedule:
         """Up to `limit` members due at `now`, each hidden from other claims until `until`."""
         quotas = fair_quotas(await self.due_counts(now), limit, self._first)
         self._first = (self._first + 1) % len(self.keys)
+        # Each shard's claim on its own: one that fails (Redis going away midway) must not
+        # hide the members the others claimed, which nobody would then look at until `until`.
         batches = await asyncio.gather(
             *(
                 self._claim(keys=[key], args=[repr(now), repr(until), quota])
                 for key, quota in zip(self.keys, quotas, strict=True)
                 if quota > 0
-            )
+            ),
+            return_exceptions=True,
         )
-        return [member for batch in batches for member in batch]
+        claimed = [m for batch in batches if not isinstance(batch, BaseException) for m in batch]
+        failed = [batch for batch in batches if isinstance(batch, BaseException)]
+        if failed and not claimed:
+            raise failed[0]
+        return claimed
 
     async def members(self) -> list[bytes]:
         """Every member, shard by shard (tests and migrations; a schedule may be large)."""
