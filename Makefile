@@ -76,7 +76,8 @@ bench: install
 chaos: install services-deps
 	$(PY) -m tests.chaos $(CHAOS_ARGS)
 
-# The short chaos run (~1,000 payments, each fault kind once, one broker) as a test: a few minutes.
+# The short chaos run (~1,000 payments, each fault kind once, one broker) alone: a few minutes
+# (`make test` runs it too).
 chaos-short: install services-deps
 	$(PY) -m pytest -m chaos tests/chaos
 

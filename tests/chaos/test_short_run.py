@@ -1,6 +1,6 @@
 """The shortened chaos run (issue 10), `make chaos-short`: about 1,000 payments on one broker,
 each kind of fault once (`python -m tests.chaos --short`, the same code as `make chaos`). Marker
-`chaos`, left out of the default run (96d730e) until it passes reliably on a loaded machine.
+`chaos`; part of `make test` (`make chaos-short` runs it alone).
 
 It asserts the figures of the run's last line: nothing lost, nothing conflicting, no forgery or
 underpayment credited, no partition stuck, no outcome of an unexpected type. Repeat payments whose
