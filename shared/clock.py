@@ -30,6 +30,20 @@ class SystemClock:
         await asyncio.sleep(seconds)
 
 
+async def sleep_unless(clock: Clock, seconds: float | None, *events: asyncio.Event) -> None:
+    """Sleep `seconds` on `clock` (None: no limit), or less: until one of `events` is set.
+    Whatever was started to wait is cancelled and awaited before returning."""
+    waits: set[asyncio.Future[object]] = {asyncio.ensure_future(e.wait()) for e in events}
+    if seconds is not None:
+        waits.add(asyncio.ensure_future(clock.sleep(seconds)))
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+
+
 class ManualClock:
     """A clock that moves only when told to; `sleep` returns once `advance` passes its deadline."""
 

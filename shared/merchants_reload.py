@@ -14,6 +14,7 @@ import contextlib
 import signal
 from typing import TYPE_CHECKING
 
+from shared.clock import sleep_unless
 from shared.logs import get_logger
 from shared.merchants import LiveMerchants, MerchantsFileError
 
@@ -57,7 +58,7 @@ async def watch_merchants(
         loop.add_signal_handler(signal.SIGHUP, hup.set)
     try:
         while not stop.is_set():
-            await _first(stop, hup, every, clock)
+            await sleep_unless(clock, every if every > 0 else None, stop, hup)
             if stop.is_set():
                 return
             asked = hup.is_set()
@@ -83,27 +84,3 @@ def reload(live: LiveMerchants, *, asked: bool) -> bool:
     elif asked:
         log.info("merchants_unchanged", merchants=len(live), keys=live.keys_count)
     return changed
-
-
-async def _first(stop: asyncio.Event, hup: asyncio.Event, every: float, clock: Clock) -> None:
-    waits: set[asyncio.Task[object]] = {
-        asyncio.create_task(_wait(stop)),
-        asyncio.create_task(_wait(hup)),
-    }
-    if every > 0:
-        waits.add(asyncio.create_task(_sleep(clock, every)))
-    try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in waits:
-            task.cancel()
-        await asyncio.gather(*waits, return_exceptions=True)
-
-
-async def _wait(event: asyncio.Event) -> object:
-    return await event.wait()
-
-
-async def _sleep(clock: Clock, seconds: float) -> object:
-    await clock.sleep(seconds)
-    return None

@@ -37,6 +37,7 @@ from shared.adapters.order_book import (
 )
 from shared.adapters.outages import OUTAGES
 from shared.adapters.parked import ParkedRecordError, decode_parked
+from shared.clock import sleep_unless
 from shared.domain.decision import QueryAnswer
 from shared.domain.events import encode
 from shared.domain.orders import OrderState
@@ -422,18 +423,7 @@ class Sweeper:
         set."""
         events = [self._stopping] if wake_on_stop else []
         events += [] if also is None else [also]
-        waits: list[asyncio.Task[object]] = [asyncio.create_task(self._sleep(seconds))]
-        waits += [asyncio.create_task(_wait(event)) for event in events]
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in waits:
-                task.cancel()
-            await asyncio.gather(*waits, return_exceptions=True)
-
-    async def _sleep(self, seconds: float) -> object:
-        await self._clock.sleep(seconds)
-        return None
+        await sleep_unless(self._clock, seconds, *events)
 
     # --- one order ------------------------------------------------------------------------
 
@@ -669,7 +659,3 @@ def _describe(member: str, entry: OrderEntry | None) -> bytes:
             "sweep_failures": entry.sweep_failures, "sweep_hopeless": entry.sweep_hopeless,
         }  # fmt: skip
     return orjson.dumps(document)
-
-
-async def _wait(event: asyncio.Event) -> object:
-    return await event.wait()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from aiokafka.errors import KafkaError
 
 from shared.adapters.kafka import start_admin
+from shared.clock import sleep_unless
 from shared.probes import Cached
 
 if TYPE_CHECKING:
@@ -157,13 +158,6 @@ async def wait_for_topics(
         if ready:
             return True
         log.warning("topics_not_ready", why=why, retry_in=pause)
-        sleeping = asyncio.ensure_future(clock.sleep(pause))
-        stopping = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait({sleeping, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeping.cancel()
-            stopping.cancel()
-            await asyncio.gather(sleeping, stopping, return_exceptions=True)
+        await sleep_unless(clock, pause, stop)
         pause = min(pause * 2, _WAIT_CAP)
     return False
