@@ -43,6 +43,7 @@ from shared.merchants import LiveMerchants
 from shared.merchants_reload import watching
 from shared.platform.retry import wait_out
 from shared.protocol.catalog import PayTypeCatalog
+from shared.protocol.payment import order_fields
 from shared.trace import HEADER as TRACE_HEADER
 from shared.trace import TraceParent
 from shared.trace import parse as parse_trace
@@ -150,13 +151,15 @@ class Ingress:
                 )
         except Exception as exc:  # Redis away too: the platform's next try is all there is
             self.counters.parked["failed"] += 1
-            self.log.warning("notification_not_parked", order_key=key, error=type(exc).__name__)
+            self.log.warning(
+                "notification_not_parked", **order_fields(key), error=type(exc).__name__
+            )
             return
         self.counters.parked[result] += 1
         if result == "full":
-            self.log.warning("notification_not_parked", order_key=key, error="parked_full")
+            self.log.warning("notification_not_parked", **order_fields(key), error="parked_full")
         else:
-            self.log.info("notification_parked", order_key=key, result=result)
+            self.log.info("notification_parked", **order_fields(key), result=result)
 
     async def _read_form(self, request: web.Request) -> Fields | Refusal:
         if request.method != hdrs.METH_POST:

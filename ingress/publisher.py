@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from aiokafka.errors import KafkaError
 
 from ingress.refusals import Reason
+from shared.protocol.payment import order_fields
 from shared.trace import HEADER
 
 if TYPE_CHECKING:
@@ -76,14 +77,16 @@ class Publisher:
                 delivery.add_done_callback(
                     functools.partial(self._late, key=key, delivery_id=envelope.delivery_id)
                 )
-            self._log.warning("kafka_ack_timeout", order_key=key, delivery_id=envelope.delivery_id)
+            self._log.warning(
+                "kafka_ack_timeout", **order_fields(key), delivery_id=envelope.delivery_id
+            )
             return Reason.KAFKA_TIMEOUT
         except KafkaError as exc:
-            self._log.warning("kafka_publish_failed", order_key=key, error=type(exc).__name__)
+            self._log.warning("kafka_publish_failed", **order_fields(key), error=type(exc).__name__)
             return Reason.KAFKA_ERROR
         except Exception:
             # Not durably taken, whatever went wrong: 503 makes the platform retry.
-            self._log.exception("kafka_publish_crashed", order_key=key)
+            self._log.exception("kafka_publish_crashed", **order_fields(key))
             return Reason.KAFKA_ERROR
         finally:
             counters.in_flight -= 1
@@ -94,10 +97,10 @@ class Publisher:
     def _late(self, delivery: asyncio.Future[Any], *, key: str, delivery_id: str) -> None:
         if delivery.cancelled() or delivery.exception() is not None:
             self._counters.late_failures += 1
-            self._log.info("kafka_late_failure", order_key=key, delivery_id=delivery_id)
+            self._log.info("kafka_late_failure", **order_fields(key), delivery_id=delivery_id)
         else:
             self._counters.late_acks += 1
-            self._log.info("kafka_late_ack", order_key=key, delivery_id=delivery_id)
+            self._log.info("kafka_late_ack", **order_fields(key), delivery_id=delivery_id)
 
     def audit(self, record: dict[str, Any], key: str | None) -> None:
         """Send a refusal record to the audit topic in the background, if there is room."""

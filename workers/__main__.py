@@ -30,6 +30,7 @@ from shared.merchants_reload import watching
 from shared.platform.client import PlatformClient
 from shared.probes import StatsCollector, new_registry, process_probes
 from shared.protocol.catalog import PayTypeCatalog
+from shared.protocol.payment import order_fields
 from shared.service import serve
 from shared.tracing import Spans
 from workers.consumer import CLOUDEVENTS_HEADERS, CallbackConsumer, RetryPoller, TopicSink
@@ -318,7 +319,7 @@ async def _report(
         overdue = runner.overdue(bound)
         stats["jobs_overdue"] = len(overdue)
         for key, age in overdue[:10]:
-            log.error("job_overdue", order=key, age=round(age, 1), bound=bound)
+            log.error("job_overdue", **order_fields(key), age=round(age, 1), bound=bound)
         log.info("worker_stats", **stats)
 
 

@@ -54,7 +54,7 @@ from shared.protocol.errors import (
 )
 from shared.protocol.fields import FieldError
 from shared.protocol.models import ENVELOPE_FIELDS
-from shared.protocol.payment import PaymentReport, parse_payment_report
+from shared.protocol.payment import PaymentReport, order_fields, parse_payment_report
 from shared.protocol.signing import SignatureError, verify
 from shared.trace import TraceParent
 from shared.trace import parse as trace_parse
@@ -322,7 +322,7 @@ class Reconciler:
         record = lock.record
         if record is not None and record.state is OrderState.SETTLED and not report.repeat:
             self.stats["decided_without_outcome"] += 1
-            self._log.info("replay_of_settled_order", order=report.order_key)
+            self._log.info("replay_of_settled_order", **order_fields(report.order_key))
             return "decided"
         # The sweeper's query-sourced reports are the platform's word now, whatever their age.
         if work.envelope.source == "notification" and is_stale(
@@ -441,12 +441,12 @@ class Reconciler:
             # stands, and is the one published again here.
             self._log.warning(
                 "outcome_conflict_refused",
-                order=report.order_key,
+                **order_fields(report.order_key),
                 kept=recorded.type,
                 refused=outcome.type,
             )
         await self._publish(report.order_key, recorded)
-        self._log.info("payment_settled", order=report.order_key, outcome=recorded.type)
+        self._log.info("payment_settled", **order_fields(report.order_key), outcome=recorded.type)
         return Settlement.PUBLISHED
 
     async def _publish(self, order_key: str, outcome: RecordedOutcome) -> None:
@@ -475,7 +475,7 @@ class Reconciler:
         await self.store.defer(report.order_key, token, self.clock.time() + wait, work.to_retry())
         self._log.info(
             "reconciliation_deferred",
-            order=report.order_key,
+            **order_fields(report.order_key),
             delay=round(wait, 3),
             attempts=work.attempts,
             requeries=work.requeries,
@@ -491,7 +491,9 @@ class Reconciler:
             self.dlq, key, reason=reason, detail=detail, origin=work.origin,
             payload=work.envelope.encode(), at=self.clock.time(),
         )  # fmt: skip
-        self._log.warning("message_dead_lettered", order=key, reason=reason, origin=work.origin)
+        self._log.warning(
+            "message_dead_lettered", **order_fields(key), reason=reason, origin=work.origin
+        )
         return Settlement.DEAD_LETTERED
 
     @contextlib.asynccontextmanager
@@ -516,11 +518,11 @@ class Reconciler:
                         held = await self.store.renew(order_key, token)
                 except _OUTAGES as exc:  # TimeoutError included; the next period tries again
                     self._log.warning(
-                        "lock_renew_failed", order=order_key, error=type(exc).__name__
+                        "lock_renew_failed", **order_fields(order_key), error=type(exc).__name__
                     )
                     continue
                 if not held:
-                    self._log.warning("lock_lost", order=order_key)
+                    self._log.warning("lock_lost", **order_fields(order_key))
                     return
 
         task = asyncio.create_task(renew(), name=f"renew:{order_key}")
@@ -533,4 +535,4 @@ class Reconciler:
             if not finished:
                 # It stops by the flag at its next step; the job does not wait for it.
                 self.stats["renewer_stuck"] += 1
-                self._log.error("lock_renewer_stuck", order=order_key)
+                self._log.error("lock_renewer_stuck", **order_fields(order_key))

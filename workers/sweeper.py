@@ -56,6 +56,7 @@ from shared.domain.sweep import (
 from shared.logs import get_logger
 from shared.platform.retry import OUTAGE_BACKOFF, wait_out
 from shared.protocol.errors import OrderNotFound, PlatformError, UnknownMerchant, clean_msg
+from shared.protocol.payment import order_fields
 from shared.query_envelope import query_envelope
 from shared.trace import HEADER as TRACE_HEADER
 from shared.trace import start
@@ -373,7 +374,7 @@ class Sweeper:
                 self.stats["parked_released"] += 1
                 self._log.info(
                     "parked_released",
-                    order=entry.key,
+                    **order_fields(entry.key),
                     parked_for=round(self._clock.time() - entry.parked_at, 3),
                 )
             await self._io(lambda: parked.remove(field))
@@ -437,7 +438,7 @@ class Sweeper:
             await self._internal_error(member, entry, exc)
 
     async def _sweep_entry(self, member: str, entry: Claimed) -> None:
-        bound = self._log.bind(order=_text(member))
+        bound = self._log.bind(**order_fields(_text(member)))
         if isinstance(entry, CorruptRecordError):
             # Retrying cannot repair it, and without the record no answer can be acted on.
             self.stats["corrupt"] += 1
@@ -571,7 +572,7 @@ class Sweeper:
             await self._give_up(member, entry, reason, f"{detail} ({tries} tries)")
             return
         self._log.warning(
-            "sweep_hopeless_failure", order=_text(member), reason=reason, tries=tries,
+            "sweep_hopeless_failure", **order_fields(_text(member)), reason=reason, tries=tries,
             retry_at=step.due,
         )  # fmt: skip
         await self._io(
@@ -591,7 +592,7 @@ class Sweeper:
             await self._io(lambda: self._book.reschedule(member, due, queried=False, failed=None))
             return
         self.stats["stopped"] += 1
-        self._log.error("sweep_stopped", order=_text(member), reason=reason)
+        self._log.error("sweep_stopped", **order_fields(_text(member)), reason=reason)
         await self._io(lambda: self._book.stop_sweeping(member, reason))
 
     async def _internal_error(self, member: str, entry: Claimed, exc: Exception) -> None:
@@ -599,7 +600,9 @@ class Sweeper:
         (every time: each one is a bug to see), counted, and the order pushed back like a
         hopeless failure, so it is not re-picked at full rate and is given up at the bound."""
         self.stats["internal_error"] += 1
-        self._log.exception("sweep_internal_error", order=_text(member), error=type(exc).__name__)
+        self._log.exception(
+            "sweep_internal_error", **order_fields(_text(member)), error=type(exc).__name__
+        )
         detail = f"{type(exc).__name__}: {clean_msg(str(exc))}".rstrip(": ")
         try:
             if not isinstance(entry, OrderEntry):
@@ -620,7 +623,7 @@ class Sweeper:
             )
         except Exception:  # even pushing it back failed: the claim's hold brings it back
             self.stats["internal_error_unhandled"] += 1
-            self._log.exception("sweep_internal_error_unhandled", order=_text(member))
+            self._log.exception("sweep_internal_error_unhandled", **order_fields(_text(member)))
 
     async def _dead_letter(
         self, member: str, entry: OrderEntry | None, reason: str, detail: str
@@ -636,7 +639,9 @@ class Sweeper:
             )
         except Exception:  # a DLQ that refuses a small record: said, not fatal
             self.stats["dead_letter_failed"] += 1
-            self._log.exception("sweep_dead_letter_failed", order=_text(member), reason=reason)
+            self._log.exception(
+                "sweep_dead_letter_failed", **order_fields(_text(member)), reason=reason
+            )
             return False
         self.stats["dead_lettered"] += 1
         return True

@@ -67,6 +67,13 @@ def order_key(mch_id: str, mch_order: str) -> str:
     return f"{mch_id}:{mch_order}"
 
 
+def order_fields(key: str) -> dict[str, str]:
+    """An order key's parts under the names every log line binds them with (`mch_id`,
+    `mch_order`): `log.info("...", **order_fields(key))`. A merchant id never holds `:`."""
+    mch_id, _, mch_order = key.partition(":")
+    return {"mch_id": mch_id, "mch_order": mch_order}
+
+
 def parse_payment_report(fields: Mapping[str, str], pay_types: Container[int]) -> PaymentReport:
     """Validate every field strictly and build the report, or raise `FieldError`."""
     if KEY_FIELD in fields:
