@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Gauge, ProcessCollector
+from prometheus_client import CollectorRegistry, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
@@ -59,20 +59,65 @@ def new_registry(process: str) -> CollectorRegistry:
     return registry
 
 
+# Counted events named `<kind>:<label>` in a process's stats are exported as a counter of their
+# own, `paynotify_<process>_<metric>_total{<label name>=...}`, instead of as events.
+LABELED_EVENTS: dict[str, tuple[str, str, str]] = {
+    "outcome": ("outcomes", "type", "Outcomes decided and published, by event type."),
+    "dead_letter": ("dead_letters", "reason", "Messages written to the DLQ, by reason."),
+}
+
+
 class StatsCollector(Collector):
     """A process's event counters (`Counter[str]`, as its log's `..._stats` line shows them) as
-    one Prometheus counter, `paynotify_<process>_events_total{event=...}`."""
+    Prometheus counters: `paynotify_<process>_events_total{event=...}`, and for the labeled
+    kinds of `LABELED_EVENTS` (`outcome:paynotify.payment.succeeded`, `dead_letter:stale`)
+    `paynotify_<process>_outcomes_total{type=...}` and `..._dead_letters_total{reason=...}`."""
 
     def __init__(self, process: str, stats: CounterType[str], help_text: str) -> None:
-        self._name = f"paynotify_{process}_events"
+        self._process = process
         self._stats = stats
         self._help = help_text
 
     def collect(self) -> Iterable[Metric]:
-        family = CounterMetricFamily(self._name, self._help, labels=["event"])
+        events = CounterMetricFamily(
+            f"paynotify_{self._process}_events", self._help, labels=["event"]
+        )
+        labeled = {
+            kind: CounterMetricFamily(f"paynotify_{self._process}_{metric}", text, labels=[name])
+            for kind, (metric, name, text) in LABELED_EVENTS.items()
+        }
         for event, count in sorted(self._stats.items()):
-            family.add_metric([event], count)
-        yield family
+            kind, colon, label = event.partition(":")
+            family = labeled.get(kind) if colon else None
+            if family is None:
+                events.add_metric([event], count)
+            else:
+                family.add_metric([label], count)
+        yield events
+        yield from labeled.values()
+
+
+# Seconds per platform call: the client's timeout is 10 s by default.
+_CALL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def platform_calls(registry: CollectorRegistry) -> Callable[[str, str, float], None]:
+    """`paynotify_platform_call_seconds{endpoint, result}` in `registry`, and the observer to
+    give the platform client (`PlatformClient(observe=...)`): the latency of every call, and by
+    its `result` label the answer codes ("1", "113", ...) and failures without one."""
+    histogram = Histogram(
+        "paynotify_platform_call_seconds",
+        "Seconds per platform call (each attempt), by endpoint and result: the answer code "
+        "(1: success) or the failure without one (PlatformUnavailable, MalformedAnswer).",
+        ["endpoint", "result"],
+        buckets=_CALL_BUCKETS,
+        registry=registry,
+    )
+
+    def observe(endpoint: str, result: str, seconds: float) -> None:
+        histogram.labels(endpoint, result).observe(seconds)
+
+    return observe
 
 
 def redis_check(redis: Redis) -> Callable[[], Awaitable[tuple[bool, str]]]:

@@ -28,7 +28,7 @@ from shared.logs import get_logger
 from shared.merchants import LiveMerchants
 from shared.merchants_reload import watching
 from shared.platform.client import PlatformClient
-from shared.probes import StatsCollector, new_registry, process_probes
+from shared.probes import StatsCollector, new_registry, platform_calls, process_probes
 from shared.protocol.catalog import PayTypeCatalog
 from shared.protocol.payment import order_fields
 from shared.service import serve
@@ -160,7 +160,11 @@ async def _run_worker(  # noqa: PLR0917 - the collaborators run_worker built
         return
     # The workers retry durably themselves (the retry set), so the client does not retry.
     platform = PlatformClient.without_retries(
-        settings, merchants, clock=clock, limit=settings.worker_concurrency
+        settings,
+        merchants,
+        clock=clock,
+        limit=settings.worker_concurrency,
+        observe=probes.platform_call,
     )
     published: set[str] = set()
     reconciler = build_reconciler(
@@ -250,6 +254,7 @@ class WorkerProbes:
         self.registry.register(
             StatsCollector("worker", stats, "What the worker did, by event (as in worker_stats).")
         )
+        self.platform_call = platform_calls(self.registry)
         Gauge(
             "paynotify_worker_jobs_held",
             "Messages taken from Kafka and not settled yet (running or queued behind their key).",

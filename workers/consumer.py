@@ -231,6 +231,7 @@ class CallbackConsumer:
                 retry += 1
             else:
                 self._stats["dead_lettered"] += 1
+                self._stats["dead_letter:undecodable"] += 1
                 return
 
     async def commit(self, only: Iterable[TopicPartition] | None = None) -> None:
@@ -384,6 +385,7 @@ class RetryPoller:
                 retry += 1
             else:
                 self._stats["dead_lettered"] += 1
+                self._stats["dead_letter:corrupt_retry_entry"] += 1
                 break
         await self._finish(member)
 

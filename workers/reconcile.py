@@ -362,6 +362,7 @@ class Reconciler:
             state = await self.store.begin(report.order_key, report.mch_id, record_order(report))
             if not isinstance(state, Busy) or self.clock.monotonic() >= deadline:
                 return state
+            self.stats["lock_busy"] += 1  # another worker holds the payment's lock: contention
             if give_way is None:
                 await self.clock.sleep(pause)
             else:
@@ -446,6 +447,7 @@ class Reconciler:
                 refused=outcome.type,
             )
         await self._publish(report.order_key, recorded)
+        self.stats[f"outcome:{recorded.type}"] += 1
         self._log.info("payment_settled", **order_fields(report.order_key), outcome=recorded.type)
         return Settlement.PUBLISHED
 
@@ -491,6 +493,7 @@ class Reconciler:
             self.dlq, key, reason=reason, detail=detail, origin=work.origin,
             payload=work.envelope.encode(), at=self.clock.time(),
         )  # fmt: skip
+        self.stats[f"dead_letter:{reason}"] += 1
         self._log.warning(
             "message_dead_lettered", **order_fields(key), reason=reason, origin=work.origin
         )

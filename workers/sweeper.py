@@ -394,6 +394,7 @@ class Sweeper:
             )
             await self._io(lambda: self._producer.send_and_wait(self._dlq_topic, value, key=key))
         self.stats["dead_lettered"] += 1
+        self.stats["dead_letter:parked_corrupt"] += 1
 
     def _backoff(self, event: str, exc: Exception, failures: int) -> float:
         """Log a failed call of the sweep loop and return the pause before the next try: an
@@ -644,6 +645,7 @@ class Sweeper:
             )
             return False
         self.stats["dead_lettered"] += 1
+        self.stats[f"dead_letter:{reason}"] += 1
         return True
 
 

@@ -27,7 +27,7 @@ from shared.logs import get_logger
 from shared.merchants import LiveMerchants
 from shared.merchants_reload import watching
 from shared.platform.client import PlatformClient
-from shared.probes import StatsCollector, new_registry, process_probes
+from shared.probes import StatsCollector, new_registry, platform_calls, process_probes
 from shared.service import serve
 from shared.tracing import Spans
 from workers.sweeper import Sweeper, SweeperLimits
@@ -146,7 +146,11 @@ async def _run_sweeper(  # noqa: PLR0917 - the collaborators run_sweeper built
         return
     # The schedule is the sweeper's retry; the client adds none of its own.
     platform = PlatformClient.without_retries(
-        settings, merchants, clock=clock, limit=settings.sweep_concurrency
+        settings,
+        merchants,
+        clock=clock,
+        limit=settings.sweep_concurrency,
+        observe=probes.platform_call,
     )
     # Who holds the lease, in `paynotify status`: the pod's (or machine's) name and the pid.
     instance = f"{socket.gethostname()}:{os.getpid()}"
@@ -191,6 +195,7 @@ class SweeperProbes:
         self.registry.register(
             StatsCollector("sweeper", self.stats, "What the sweeper did, by event.")
         )
+        self.platform_call = platform_calls(self.registry)
         Gauge(
             "paynotify_sweeper_leading",
             "1 while this instance holds the sweeper's lease (one instance sweeps at a time).",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Protocol, Self, TypeAlias, TypeVar
 
 import aiohttp
 from yarl import URL
@@ -109,6 +109,11 @@ def open_session(*, limit: int = 100, limit_per_host: int = 100) -> aiohttp.Clie
     )
 
 
+# Told of every attempt: (endpoint, result, seconds); result is the answer code ("1": success,
+# "113", ...), or the failure's class without one ("PlatformUnavailable", "MalformedAnswer").
+CallObserver: TypeAlias = "Callable[[str, str, float], None]"
+
+
 class PlatformClient:
     """Typed calls to the platform for the merchants whose keys it holds."""
 
@@ -121,8 +126,10 @@ class PlatformClient:
         clock: Clock,
         random: Callable[[], float],
         owns_session: bool = False,
+        observe: CallObserver | None = None,
     ) -> None:
         self._session = session
+        self._observe = observe
         self._config = config
         self._merchants = merchants
         self._clock = clock
@@ -139,14 +146,24 @@ class PlatformClient:
         clock: Clock,
         random: Callable[[], float],
         limit: int = 100,
+        observe: CallObserver | None = None,
     ) -> Self:
         """A client with its own session, closed by `close()` / `async with`."""
         session = open_session(limit=limit, limit_per_host=limit)
-        return cls(session, config, merchants, clock=clock, random=random, owns_session=True)
+        return cls(
+            session, config, merchants, clock=clock, random=random, owns_session=True,
+            observe=observe,
+        )  # fmt: skip
 
     @classmethod
     def without_retries(
-        cls, settings: Settings, merchants: Mapping[str, Merchant], *, clock: Clock, limit: int
+        cls,
+        settings: Settings,
+        merchants: Mapping[str, Merchant],
+        *,
+        clock: Clock,
+        limit: int,
+        observe: CallObserver | None = None,
     ) -> Self:
         """For callers that retry durably on their own schedule (workers, sweeper): one try per
         call, so a slow platform never holds their work in a hidden retry loop."""
@@ -156,6 +173,7 @@ class PlatformClient:
             clock=clock,
             random=random.random,
             limit=limit,
+            observe=observe,
         )
 
     async def close(self) -> None:
@@ -277,10 +295,18 @@ class PlatformClient:
         )
         retry = 0
         while True:
+            began = self._clock.monotonic()
             try:
-                answer = await self._attempt(url, body)
-                if not answer.ok:
-                    raise error_for(answer.code, answer.msg)
+                try:
+                    answer = await self._attempt(url, body)
+                    if not answer.ok:
+                        raise error_for(answer.code, answer.msg)
+                except PlatformError as exc:
+                    self._observed(
+                        endpoint, began, str(exc.code) if exc.code else type(exc).__name__
+                    )
+                    raise
+                self._observed(endpoint, began, "1")
             except PlatformError as exc:
                 if isinstance(exc, ParameterCheckFailed) and (key := next(keys, None)):
                     bound.info("platform_signature_refused", next_key_id=key.key_id)
@@ -304,6 +330,10 @@ class PlatformClient:
             else:
                 bound.debug("platform_call_ok", attempts=retry + 1)
                 return answer
+
+    def _observed(self, endpoint: str, began: float, result: str) -> None:
+        if self._observe is not None:
+            self._observe(endpoint, result, self._clock.monotonic() - began)
 
     async def _attempt(self, url: str, body: dict[str, str]) -> Answer:
         timeout = aiohttp.ClientTimeout(total=self._config.timeout)

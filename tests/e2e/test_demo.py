@@ -115,6 +115,13 @@ def test_a_small_run_settles_every_order_once(demo: Any, redis_url: str, tmp_pat
     assert sum(workers) >= sum(outcomes.values())
     assert metrics["sweeper-0"]["paynotify_sweeper_events_total"] >= mix["dropped"]
     assert all(m["paynotify_build_info"] == 1 for m in metrics.values())
+    decided = sum(metrics[f"worker-{i}"].get("paynotify_worker_outcomes_total", 0) for i in (0, 1))
+    assert decided >= sum(v for k, v in outcomes.items() if k != "paynotify.order.expired")
+    queries = [
+        metrics[f"worker-{i}"].get("paynotify_platform_call_seconds_count", 0) for i in (0, 1)
+    ]
+    assert sum(queries) > 0
+    assert metrics["sweeper-0"][calls] > 0
     assert "End-to-end latency" in output
     assert "result: ok" in output
 
