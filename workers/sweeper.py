@@ -78,6 +78,8 @@ _T = TypeVar("_T")
 DLQ_ORIGIN = "sweeper"  # the `origin` of the sweeper's dead letters (the workers' name a topic)
 Claimed = OrderEntry | CorruptRecordError | None
 _PARKED_BATCH = 100  # parked entries asked for per scan step
+_PARKED_TRIES = 3  # unexpected failures in a row before a parked entry is dead-lettered
+_PARKED_REMEMBERED = 10_000  # parked entries whose failures are counted, at most
 _MARK_EVERY = 1.0  # seconds between sweep marks, at least
 
 
@@ -167,6 +169,9 @@ class Sweeper:
         self._dlq_topic = dlq_topic
         self._merchants = merchants
         self._parked = parked  # None: another process publishes parked notifications
+        # Parked entries whose publishing failed unexpectedly, in a row, and the last reason.
+        self._parked_failures: Counter[bytes] = Counter()
+        self._parked_failed: dict[bytes, str] = {}
         self._spans = spans or Spans.off()
         self._new_id = new_id
         # What the platform's signature covers decides what the forwarded report keeps: the
@@ -353,7 +358,8 @@ class Sweeper:
     async def _release_one(self, parked: ParkedNotifications, field: bytes, raw: bytes) -> None:
         """One parked entry: published and removed; one that is not a parked notification is
         dead-lettered (`parked_corrupt`) and removed. No entry stops the others: an unexpected
-        error is counted and said, and the entry is tried again at the next scan."""
+        error is counted and said, and the entry is tried again at the next scan; after
+        `_PARKED_TRIES` such failures in a row it is dead-lettered (`parked_unpublishable`)."""
         try:
             try:
                 entry = decode_parked(field, raw)
@@ -362,6 +368,13 @@ class Sweeper:
                 self._log.error("parked_corrupt", field=_text(field.decode("ascii", "replace")))
                 await self._dead_letter_parked(field, raw, str(exc))
             else:
+                if self._parked_failures[field] >= _PARKED_TRIES:
+                    await self._dead_letter_parked(
+                        field, raw, self._parked_failed.get(field, "?"), "parked_unpublishable"
+                    )
+                    await self._io(lambda: parked.remove(field))
+                    self._forget_parked(field)
+                    return
                 trace = entry.trace or start()  # parked by an ingress that traced nothing
                 await self._io(
                     lambda: self._producer.send_and_wait(
@@ -378,23 +391,31 @@ class Sweeper:
                     parked_for=round(self._clock.time() - entry.parked_at, 3),
                 )
             await self._io(lambda: parked.remove(field))
+            self._forget_parked(field)
         except Exception as exc:
             self.stats["parked_error"] += 1
+            if len(self._parked_failures) < _PARKED_REMEMBERED:
+                self._parked_failures[field] += 1
+                self._parked_failed[field] = f"{type(exc).__name__}: {clean_msg(str(exc))}"[:200]
             self._log.exception("parked_release_failed", error=type(exc).__name__)
 
-    async def _dead_letter_parked(self, field: bytes, raw: bytes, detail: str) -> None:
+    def _forget_parked(self, field: bytes) -> None:
+        self._parked_failures.pop(field, None)
+        self._parked_failed.pop(field, None)
+
+    async def _dead_letter_parked(
+        self, field: bytes, raw: bytes, detail: str, reason: str = "parked_corrupt"
+    ) -> None:
         key = field.decode("ascii", "replace")[:64]
         now = self._clock.time()
-        value = dead_letter("parked_corrupt", detail, DLQ_ORIGIN, raw, now)
+        value = dead_letter(reason, detail, DLQ_ORIGIN, raw, now)
         try:
             await self._io(lambda: self._producer.send_and_wait(self._dlq_topic, value, key=key))
         except Exception:  # refused whole (too large): the reason alone, said
-            value = dead_letter(
-                "parked_corrupt", detail, DLQ_ORIGIN, b"", now, omit="refused by the DLQ"
-            )
+            value = dead_letter(reason, detail, DLQ_ORIGIN, b"", now, omit="refused by the DLQ")
             await self._io(lambda: self._producer.send_and_wait(self._dlq_topic, value, key=key))
         self.stats["dead_lettered"] += 1
-        self.stats["dead_letter:parked_corrupt"] += 1
+        self.stats[f"dead_letter:{reason}"] += 1
 
     def _backoff(self, event: str, exc: Exception, failures: int) -> float:
         """Log a failed call of the sweep loop and return the pause before the next try: an
