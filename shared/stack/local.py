@@ -32,6 +32,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import psutil
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -40,6 +42,9 @@ _START_DEADLINE = 90.0
 _PROGRAMS = {"kafka": {"java"}, "redis": {"redis-server"}}
 MAX_BROKERS = 3
 _STOP_DEADLINE = 30.0
+# psutil derives start times from the boot time in whole seconds; a pid reused after the pid
+# file was written still starts far later than this.
+_CLOCK_SLACK = 2.0
 
 
 class StackError(RuntimeError):
@@ -346,23 +351,28 @@ class LocalStack:
         return self.state_dir / f"{name}.pid"
 
     def _alive(self, name: str) -> bool:
+        """Whether the pid file names our server, running: through psutil, so it holds on macOS
+        as on Linux (reading /proc made every server look dead on macOS: `up` said "exited while
+        starting" and `down` left Redis running)."""
         pidfile = self._pidfile(name)
-        if not pidfile.exists():
-            return False
-        pid = int(pidfile.read_text())
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+            pid, written = int(pidfile.read_text()), pidfile.stat().st_mtime
+        except (OSError, ValueError):
+            return False
+        try:
+            process = psutil.Process(pid)
+            # A zombie, or a pid reused by some other program (or started after the pid file was
+            # written), is not our server.
+            return (
+                process.status() != psutil.STATUS_ZOMBIE
+                and process.name() in _PROGRAMS[name.partition("-")[0]]
+                and process.create_time() <= written + _CLOCK_SLACK
+            )
+        except psutil.NoSuchProcess:
             pidfile.unlink(missing_ok=True)
             return False
-        # A zombie, or a pid reused by some other program, is not our server.
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            comm = Path(f"/proc/{pid}/comm").read_text().strip()
-        except OSError:
+        except psutil.Error:  # AccessDenied: not a process of ours
             return False
-        state = stat.rpartition(")")[2].split()[0]
-        return state != "Z" and comm in _PROGRAMS[name.partition("-")[0]]
 
     def _spawn(self, name: str, argv: list[str], log: Path) -> None:
         with log.open("ab") as out:
@@ -382,6 +392,7 @@ class LocalStack:
         for name in names:
             if not self._alive(name):
                 _log(f"{name} not running")
+                self._forget(name)  # reaps it, if it was a child of ours that exited
                 continue
             running[name] = int(self._pidfile(name).read_text())
             os.kill(running[name], signal.SIGTERM)
@@ -447,11 +458,8 @@ class LocalStack:
 
 
 def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    """Whether `pid` is still in the process table (a zombie is, until it is reaped)."""
+    return psutil.pid_exists(pid)
 
 
 def _reap(pid: int) -> None:
