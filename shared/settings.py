@@ -7,6 +7,7 @@ README's table lists them all. Nothing here runs at import time.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -16,7 +17,7 @@ from shared.domain.decision import DEFAULT_REPLAY_WINDOW_S, DEFAULT_TRANSFER_TOL
 from shared.topics import Topics
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterator, Mapping
 
 DEFAULT_SANDBOX_URL = "http://127.0.0.1:8090/"
 
@@ -141,6 +142,37 @@ class Settings:
         if self.merchants_file is None:
             raise SettingsError("PAYNOTIFY_MERCHANTS_FILE is not set; it names the merchants TOML")
         return self.merchants_file
+
+
+def environment_variables() -> tuple[str, ...]:
+    """Every variable `Settings.from_env` reads, in its order: found by letting it read an empty
+    environment that notes each name asked for, so the list is never written twice."""
+    asked = _Asked()
+    Settings.from_env(asked)
+    return tuple(dict.fromkeys(asked.names))
+
+
+def environment_help(*more: str) -> str:
+    """The `--help` epilog of a process that reads the settings (and `more`, e.g. tracing's)."""
+    names = ", ".join((*environment_variables(), *more))
+    return f"Environment, read once at start-up (README.md, Configuration): {names}."
+
+
+class _Asked(MappingABC[str, str]):
+    """An empty environment that remembers what was looked up in it."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def __getitem__(self, name: str) -> str:
+        self.names.append(name)
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
 
 
 class _Reader:

@@ -22,6 +22,11 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
 
 
+# What a process reads for tracing: `Spans.from_env` the first two, the SDK's exporter the rest
+# (with PAYNOTIFY_OTEL=1). `--help` lists them.
+ENVIRONMENT = ("PAYNOTIFY_OTEL", "OTEL_SERVICE_NAME", "OTEL_EXPORTER_OTLP_*")
+
+
 class Span(Protocol):
     """A span being recorded: `trace` is what is sent on (its W3C trace context)."""
 
