@@ -15,6 +15,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+# Both pure (no I/O library): the worker's and sweeper's --help list what they read.
+from shared.settings import environment_help
+from shared.tracing import ENVIRONMENT as TRACING_ENVIRONMENT
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
@@ -52,9 +56,18 @@ def _parser() -> argparse.ArgumentParser:
 
     stack = sub.add_parser("stack", help="run the local Kafka and Redis as plain processes")
     stack.add_argument("action", choices=("up", "down", "status"))
-    stack.add_argument("--state-dir", help="where data and logs live (default ~/.cache/paynotify)")
-    stack.add_argument("--kafka-port", type=int, default=9092)
-    stack.add_argument("--redis-port", type=int, default=6379)
+    stack.add_argument(
+        "--state-dir",
+        help="where data, logs and pid files live "
+        "(default: $PAYNOTIFY_CACHE_DIR/stack, else ~/.cache/paynotify/stack)",
+    )
+    stack.add_argument(
+        "--kafka-port",
+        type=int,
+        default=9092,
+        help="Kafka's (node 1's) port (default: %(default)s)",
+    )
+    stack.add_argument("--redis-port", type=int, default=6379, help="default: %(default)s")
     stack.add_argument(
         "--brokers",
         type=int,
@@ -110,7 +123,12 @@ def _parser() -> argparse.ArgumentParser:
         ("worker", "consume notifications, reconcile, publish events"),
         ("sweeper", "query pending orders whose notifications never came"),
     ):
-        cmd = sub.add_parser(name, help=text, description=f"{text.capitalize()}.")
+        cmd = sub.add_parser(
+            name,
+            help=text,
+            description=f"{text.capitalize()}.",
+            epilog=environment_help(*TRACING_ENVIRONMENT),
+        )
         cmd.add_argument(
             "--metrics-port",
             type=int,
