@@ -7,6 +7,18 @@ PYTHON  ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
              command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
              2>/dev/null && { echo $$p; break; }; done)
 
+# A `docker compose up` of this repository (Kafka and Redis published on 127.0.0.1), when one runs
+# and the environment names no services: `make test` and `make run` use it, and need no Java,
+# Maven or redis-server (shared/stack/compose.py; the system's Python, as .venv may not exist yet).
+ifeq ($(KAFKA_BOOTSTRAP_SERVERS)$(REDIS_URL),)
+COMPOSE_SERVICES := $(if $(PYTHON),$(shell $(PYTHON) -m shared.stack.compose 2>/dev/null))
+ifneq ($(COMPOSE_SERVICES),)
+export KAFKA_BOOTSTRAP_SERVERS := $(word 1,$(COMPOSE_SERVICES))
+export REDIS_URL := $(word 2,$(COMPOSE_SERVICES))
+$(info make: using the running docker compose stack: Kafka $(KAFKA_BOOTSTRAP_SERVERS), Redis $(REDIS_URL))
+endif
+endif
+
 .PHONY: install services-deps test test-unit test-integration test-cluster lint fmt stack-up stack-down run bench chaos chaos-short clean
 
 $(VENV)/.installed: pyproject.toml
@@ -19,9 +31,10 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 # What the local stack runs besides Python: redis-server from the distribution (installed here when
-# we are root on Debian/Ubuntu, else one line says how), Java 17+ and Maven for Kafka.
-services-deps:
-	@sh deploy/services-deps.sh
+# we are root on Debian/Ubuntu, else one line says how), Java 17+ and Maven for Kafka, whose jars
+# are then fetched (once, into ~/.cache/paynotify). Nothing when the services come from elsewhere.
+services-deps: install
+	@PY=$(PY) sh deploy/services-deps.sh
 
 # All tiers: unit, integration (real Kafka + Redis), e2e (the pipeline with the sandbox).
 # Services come from KAFKA_BOOTSTRAP_SERVERS/REDIS_URL, else a local stack on free ports.

@@ -1,6 +1,8 @@
 #!/bin/sh
 # Obtain what the local stack needs besides Python, or say in one line per system how to get it.
-# Skipped when KAFKA_BOOTSTRAP_SERVERS and REDIS_URL point at services somebody already runs.
+# Skipped when KAFKA_BOOTSTRAP_SERVERS and REDIS_URL point at services somebody already runs (the
+# Makefile sets them for a running `docker compose up`). With PY (the venv's Python), Kafka's jars
+# are fetched too.
 set -eu
 if [ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" ] && [ -n "${REDIS_URL:-}" ]; then
   exit 0
@@ -25,4 +27,11 @@ for tool in java mvn; do
     missing=1
   fi
 done
+if [ "$missing" = 1 ] && command -v docker >/dev/null 2>&1; then
+  echo "services-deps: or, with Docker: 'docker compose up -d kafka redis' (make then uses them)" >&2
+fi
+if [ "$missing" = 0 ] && [ -n "${PY:-}" ]; then
+  # Kafka's jars from Maven Central, before any test's clock runs (cached: a no-op after once).
+  "$PY" -c "from shared.stack.local import ensure_kafka_jars; ensure_kafka_jars()"
+fi
 exit "$missing"

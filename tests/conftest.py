@@ -2,11 +2,17 @@
 
 Where they come from, in order:
 1. `KAFKA_BOOTSTRAP_SERVERS` and `REDIS_URL`, when both are set (a stack somebody already runs);
+   else a running `docker compose up` of this repository (shared.stack.compose), as `make` finds;
 2. the local stack (`shared.stack.local`) started on free ports in a temporary state directory,
    when Java, Maven and redis-server are present;
 3. testcontainers, when a Docker engine answers;
 otherwise every test that needs a service **fails** with a message naming what is missing. They are
 never skipped: a green run means the services were really there.
+
+Tests that start, pause or kill servers of their own (the outage tests, the e2e tier's brokers, the
+chaos run: their fixtures below, or the `own_stack` marker) need the local stack's programs. On a
+machine without them that uses services from outside (a Docker-only user's compose stack), they
+are deselected, and the run's last lines say how many and why; CI has the programs and runs all.
 
 `PAYNOTIFY_TEST_REDIS_CLUSTER=1` runs the session's Redis as a local three-primary Redis Cluster
 (shared.stack.redis_cluster) instead of one server: `make test-cluster` runs the integration and
@@ -25,6 +31,7 @@ from typing import TYPE_CHECKING
 import pytest
 from hypothesis import settings
 
+from shared.stack import compose
 from shared.stack.local import LocalStack, free_port
 from shared.stack.redis_cluster import LocalRedisCluster
 
@@ -72,11 +79,57 @@ def _docker_answers() -> bool:
     return True
 
 
-@pytest.fixture(scope="session")
-def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+def _outside_services() -> Services | None:
     kafka, redis = os.environ.get("KAFKA_BOOTSTRAP_SERVERS"), os.environ.get("REDIS_URL")
     if kafka and redis:
-        yield Services(kafka, redis, "environment")
+        return Services(kafka, redis, "environment")
+    found = compose.running(Path(__file__).resolve().parents[1])
+    if found is not None:
+        return Services(found.kafka_bootstrap, found.redis_url, "docker compose")
+    return None
+
+
+# Fixtures that start, pause or kill servers of their own with the local stack's programs.
+_OWN_SERVERS = frozenset({"kafka_stack", "own_redis", "module_kafka", "cluster"})
+_NOT_RUN = pytest.StashKey[tuple[int, list[str]]]()
+
+
+def _needs_own_servers(item: pytest.Item) -> bool:
+    fixtures = set(getattr(item, "fixturenames", ()))
+    markers = {m.name for m in item.iter_markers()}
+    return bool(fixtures & _OWN_SERVERS or markers & {"own_stack", "chaos"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    missing = _missing_for_local_stack()
+    if not missing or all(item.get_closest_marker("unit") for item in items):
+        return
+    if _outside_services() is None:
+        return  # the tests fail, naming what is missing: nothing is left out silently
+    own = [item for item in items if _needs_own_servers(item)]
+    if own:
+        config.hook.pytest_deselected(items=own)
+        items[:] = [item for item in items if not _needs_own_servers(item)]
+        config.stash[_NOT_RUN] = (len(own), missing)
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    if _NOT_RUN in config.stash:
+        count, missing = config.stash[_NOT_RUN]
+        terminalreporter.write_line(
+            f"paynotify: {count} tests NOT RUN: they start servers of their own, which needs "
+            f"{', '.join(missing)} (README, 'Docker only')",
+            yellow=True,
+        )
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    outside = _outside_services()
+    if outside is not None:
+        yield outside
         return
     missing = _missing_for_local_stack()
     if not missing and redis_cluster_wanted():

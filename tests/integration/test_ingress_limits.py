@@ -217,6 +217,7 @@ async def test_one_sender_cannot_flood_the_audit_topic(settings: Settings) -> No
         await consumer.stop()
 
 
+@pytest.mark.own_stack  # starts a broker of its own, late
 async def test_a_broker_away_at_start_up_is_waited_out(settings: Settings, tmp_path: Path) -> None:
     """The ingress serves while no broker answers (503 `not_ready`, /readyz false) and takes
     notifications once one comes up; before, it exited with KafkaConnectionError."""

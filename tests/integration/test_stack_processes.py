@@ -17,7 +17,7 @@ from shared.stack.local import LocalStack, free_port
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.own_stack]
 
 REPO = Path(__file__).resolve().parents[2]
 
