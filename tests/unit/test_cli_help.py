@@ -117,7 +117,7 @@ def test_stack_help_states_the_defaults_the_code_and_readme_use(
     state = re.search(r"--state-dir .*?else (\S+?)\)", text)
     assert state is not None
     assert Path(state.group(1)).expanduser() == default_state_dir()
-    assert f"`{state.group(1)}` (`--state-dir` to change it)" in README
+    assert f"`{state.group(1)}` (`--state-dir` to change it" in README
     monkeypatch.setenv("PAYNOTIFY_CACHE_DIR", "/elsewhere")
     assert default_state_dir() == Path("/elsewhere/stack")
     assert "$PAYNOTIFY_CACHE_DIR/stack" in text
