@@ -68,6 +68,16 @@ class Settings:
     sweep_concurrency: int = 16
     order_expiry: float = 86_400.0  # seconds after creation, before time scaling
 
+    def __post_init__(self) -> None:
+        # A replayed notification is refused as stale only past the replay window; inside it, a
+        # payment whose outcome had already expired would be decided a second time.
+        if self.replay_window > self.outcome_ttl_days * 86_400:
+            raise SettingsError(
+                "PAYNOTIFY_REPLAY_WINDOW_S must not exceed the outcome retention "
+                "(PAYNOTIFY_OUTCOME_TTL_DAYS days): a notification replayed after its outcome "
+                "expired would be decided again"
+            )
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         source = os.environ if env is None else env

@@ -42,3 +42,27 @@ def test_each_is_read_from_its_variable() -> None:
 def test_a_malformed_value_is_refused_naming_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({name: value})
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"PAYNOTIFY_REPLAY_WINDOW_S": str(31 * 86_400)},  # past the default 30 days
+        {"PAYNOTIFY_OUTCOME_TTL_DAYS": "1", "PAYNOTIFY_REPLAY_WINDOW_S": "86401"},
+    ],
+)
+def test_a_replay_window_longer_than_the_outcome_retention_is_refused(
+    env: dict[str, str],
+) -> None:
+    """Inside the window a replay is not refused as stale: were the payment's outcome already
+    gone, it would be decided again, so the settings refuse such a window."""
+    with pytest.raises(SettingsError, match="PAYNOTIFY_REPLAY_WINDOW_S must not exceed"):
+        Settings.from_env(env)
+
+
+def test_a_replay_window_as_long_as_the_outcome_retention_is_taken() -> None:
+    """The outcome also outlives its retention by the order expiry, so equal is safe."""
+    settings = Settings.from_env(
+        {"PAYNOTIFY_OUTCOME_TTL_DAYS": "1", "PAYNOTIFY_REPLAY_WINDOW_S": "86400"}
+    )
+    assert settings.replay_window == settings.outcome_ttl_days * 86_400
