@@ -68,13 +68,19 @@ def test_duplicate_hidden_by_escaping_is_refused() -> None:
     refused(parse(b"amt=1&%61mt=2"), Reason.DUPLICATE_FIELD)
 
 
-@pytest.mark.parametrize("body", [b"amt", b"a=1&b", b"=1"])
-def test_pair_without_name_or_equals_is_refused(body: bytes) -> None:
-    """Every segment must be `name=value` with a name."""
-    result = parse(body)
-    assert isinstance(result, Refusal)
-    assert result.status == 400
-    assert result.reason in {Reason.MALFORMED_BODY, Reason.BAD_FIELD_NAME}
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"amt", Reason.MALFORMED_BODY),  # no `=`
+        (b"a=1&b", Reason.MALFORMED_BODY),
+        (b"=1", Reason.BAD_FIELD_NAME),  # an `=`, but an empty name
+    ],
+)
+def test_pair_without_name_or_equals_is_refused(body: bytes, reason: Reason) -> None:
+    """Every segment must be `name=value` with a name: a segment without `=` is malformed, an
+    empty name is not a field name."""
+    refusal = refused(parse(body), reason)
+    assert refusal.status == 400
 
 
 @pytest.mark.parametrize("body", [b"a=%zz", b"a=%4", b"a=%", b"a=%ff", b"a=\xff", b"%ff=1"])
@@ -198,20 +204,43 @@ def test_multipart_file_part_is_refused() -> None:
     refused(parse(body, MULTIPART), Reason.MALFORMED_BODY)
 
 
+NOT_CLOSED = "multipart body is not closed"
+NOT_FORM_DATA = "each part needs Content-Disposition: form-data"
+
+
 @pytest.mark.parametrize(
-    "body",
+    ("body", "rule"),
     [
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="a"\r\n\r\n1\r\n'.encode(),
-        f"--{BOUNDARY}\r\n\r\n1\r\n--{BOUNDARY}--".encode(),
-        f'--{BOUNDARY}\r\nContent-Disposition: attachment; name="a"\r\n\r\n1\r\n'
-        f"--{BOUNDARY}--".encode(),
-        f"--{BOUNDARY}\r\nContent-Disposition: form-data\r\n\r\n1\r\n--{BOUNDARY}--".encode(),
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="a"\r\n1\r\n--{BOUNDARY}--'.encode(),
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="a"\r\n'
-        f" folded\r\n\r\n1\r\n--{BOUNDARY}--".encode(),
-        f'--{BOUNDARY}--\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name="a"\r\n\r\n1'
-        f"\r\n--{BOUNDARY}--".encode(),
-        b"no delimiter at all",
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="a"\r\n\r\n1\r\n'.encode(),
+            NOT_CLOSED,
+        ),
+        (f"--{BOUNDARY}\r\n\r\n1\r\n--{BOUNDARY}--".encode(), NOT_FORM_DATA),
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: attachment; name="a"\r\n\r\n1\r\n'
+            f"--{BOUNDARY}--".encode(),
+            NOT_FORM_DATA,
+        ),
+        (
+            f"--{BOUNDARY}\r\nContent-Disposition: form-data\r\n\r\n1\r\n--{BOUNDARY}--".encode(),
+            NOT_FORM_DATA,
+        ),
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="a"\r\n1\r\n'
+            f"--{BOUNDARY}--".encode(),
+            "part headers are not closed",
+        ),
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="a"\r\n'
+            f" folded\r\n\r\n1\r\n--{BOUNDARY}--".encode(),
+            "malformed part header",
+        ),
+        (
+            f'--{BOUNDARY}--\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name="a"\r\n\r\n1'
+            f"\r\n--{BOUNDARY}--".encode(),
+            "part after the close",
+        ),
+        (b"no delimiter at all", NOT_CLOSED),
     ],
     ids=[
         "unclosed",
@@ -224,11 +253,10 @@ def test_multipart_file_part_is_refused() -> None:
         "no-delimiter",
     ],
 )
-def test_malformed_multipart_is_refused_with_400(body: bytes) -> None:
-    """Anything but a well-formed form-data body is refused."""
-    result = parse(body, MULTIPART)
-    assert isinstance(result, Refusal)
-    assert result.status == 400
+def test_malformed_multipart_is_refused_with_400(body: bytes, rule: str) -> None:
+    """Anything but a well-formed form-data body is refused as malformed, by the rule it breaks."""
+    refusal = refused(parse(body, MULTIPART), Reason.MALFORMED_BODY)
+    assert (refusal.status, refusal.rule) == (400, rule)
 
 
 def test_multipart_part_of_another_type_is_refused_with_415() -> None:
@@ -309,13 +337,20 @@ def test_json_duplicate_key_is_refused() -> None:
 
 
 @pytest.mark.parametrize(
-    "body", [b'{"a": "\\ud800"}', b'{"a": "x\\udfffy"}', b'{"a": "\xff"}', b'\xef\xbb\xbf{"a":"1"}']
+    ("body", "reason"),
+    [
+        (b'{"a": "\\ud800"}', Reason.BAD_ENCODING),
+        (b'{"a": "x\\udfffy"}', Reason.BAD_ENCODING),
+        (b'{"a": "\xff"}', Reason.BAD_ENCODING),
+        (b'\xef\xbb\xbf{"a":"1"}', Reason.MALFORMED_BODY),
+    ],
 )
-def test_json_text_that_is_not_utf8_is_refused(body: bytes) -> None:
-    """Lone surrogates are valid JSON escapes but not text; a BOM or bad bytes are not UTF-8."""
-    result = parse(body, JSON)
-    assert isinstance(result, Refusal)
-    assert result.status == 400
+def test_json_text_that_is_not_utf8_is_refused(body: bytes, reason: Reason) -> None:
+    """Lone surrogates are valid JSON escapes but not text, and bad bytes are not UTF-8: both
+    bad_encoding. A byte order mark is UTF-8, but JSON text may not start with one (RFC 8259):
+    malformed_body."""
+    refusal = refused(parse(body, JSON), reason)
+    assert refusal.status == 400
 
 
 def test_json_bad_names_are_refused() -> None:

@@ -16,10 +16,12 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from ingress.forms import parse_request
-from ingress.refusals import Refusal
+from ingress.refusals import Reason, Refusal
 from ingress.verification import Verified, Verifier
 from shared.merchants import parse_merchants
 from shared.protocol.catalog import PayTypeCatalog
+from shared.protocol.fields import FieldError
+from shared.protocol.payment import parse_payment_report
 from shared.protocol.signing import signed
 
 pytestmark = pytest.mark.unit
@@ -35,7 +37,8 @@ MERCHANTS = parse_merchants(
     }
 )
 KEYS = {MCH: (KEY, OLD_KEY), FENCED: (FENCED_KEY,)}
-VERIFIER = Verifier(MERCHANTS, frozenset(PayTypeCatalog.documented().by_code))
+PAY_TYPES = frozenset(PayTypeCatalog.documented().by_code)
+VERIFIER = Verifier(MERCHANTS, PAY_TYPES)
 LIMIT = 8192
 BOUNDARY = "fuzzBoundary0123456789"
 FORM = "application/x-www-form-urlencoded"
@@ -194,8 +197,23 @@ def test_any_encoding_of_any_field_set_reads_back_and_only_verified_forms_pass(
     assert_sound(result)
     fenced_out = form.get("mch_id") == FENCED and peer != "10.9.8.7"
     if isinstance(result, Refusal) and untouched and not fenced_out:
-        # Signed as sent and still refused: only because a field is invalid or unknown.
-        assert result.status in {400, 404}, result
+        # Signed as sent and still refused: only for the merchant, or a field, its rules refuse.
+        assert result == refusal_by_the_field_rules(form), result
+
+
+def refusal_by_the_field_rules(form: dict[str, str]) -> Refusal:
+    """Why a form signed right is refused: its mch_id names no merchant, or a field breaks its
+    rule (the first one `parse_payment_report` finds, with the rule it names)."""
+    mch_id = form.get("mch_id", "")
+    if not mch_id:
+        return Refusal(Reason.INVALID_FIELD, field="mch_id", rule="is required")
+    if mch_id not in MERCHANTS:
+        return Refusal(Reason.UNKNOWN_MERCHANT, field="mch_id")
+    try:
+        parse_payment_report(form, PAY_TYPES)
+    except FieldError as exc:
+        return Refusal(Reason.INVALID_FIELD, field=exc.field, rule=exc.rule)
+    raise AssertionError(f"a valid, signed form was refused: {form}")
 
 
 @FUZZ
