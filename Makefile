@@ -9,9 +9,9 @@ PYTHON  ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 
 # A `docker compose up` of this repository (Kafka and Redis published on 127.0.0.1), when one runs
 # and the environment names no services: `make test` and `make run` use it, and need no Java,
-# Maven or redis-server (shared/stack/compose.py; the system's Python, as .venv may not exist yet).
+# Maven or redis-server (devtools/stack/compose.py; the system's Python, as .venv may not exist yet).
 ifeq ($(KAFKA_BOOTSTRAP_SERVERS)$(REDIS_URL),)
-COMPOSE_SERVICES := $(if $(PYTHON),$(shell $(PYTHON) -m shared.stack.compose 2>/dev/null))
+COMPOSE_SERVICES := $(if $(PYTHON),$(shell $(PYTHON) -m devtools.stack.compose 2>/dev/null))
 ifneq ($(COMPOSE_SERVICES),)
 export KAFKA_BOOTSTRAP_SERVERS := $(word 1,$(COMPOSE_SERVICES))
 export REDIS_URL := $(word 2,$(COMPOSE_SERVICES))
@@ -68,9 +68,9 @@ stack-down: install
 
 # The demo: the local Kafka + Redis (reused if up, else started and stopped again), topics, the
 # sandbox, ingress, two workers and the sweeper; thousands of messy payments; a summary table.
-# Resize with e.g. `make run DEMO_ARGS="--orders 500 --rate 20"` (`python -m shared.demo -h`).
+# Resize with e.g. `make run DEMO_ARGS="--orders 500 --rate 20"` (`python -m devtools.demo -h`).
 run: install services-deps
-	$(PY) -m shared.demo $(DEMO_ARGS)
+	$(PY) -m devtools.demo $(DEMO_ARGS)
 
 # The five benchmarks (docs/performance.md) against one stack; not part of `make test`.
 # Installs what only they need: wrk (Debian, as root), FastStream (the peer), py-spy (profiles).

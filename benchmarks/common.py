@@ -30,12 +30,12 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from devtools.stack.local import KAFKA_VERSION, LocalStack, cache_dir, free_port
 from shared.adapters.kafka import SOURCE_NOTIFICATION, CallbackEnvelope, start_producer
 from shared.merchants import load_merchants
 from shared.protocol.payment import PaymentReport, PaymentStatus, report_fields
 from shared.protocol.signing import signed
 from shared.settings import Settings
-from shared.stack.local import KAFKA_VERSION, LocalStack, cache_dir, free_port
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence

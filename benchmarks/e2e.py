@@ -49,8 +49,8 @@ from benchmarks.common import (
 )
 from benchmarks.loadgen import read_sendlog, run_wrk, write_bodies
 from benchmarks.settling import warnings
+from devtools.stack.pipeline import Pipeline, ServiceProcess
 from shared import topics
-from shared.stack.pipeline import Pipeline, ServiceProcess
 
 WORKERS = 2
 

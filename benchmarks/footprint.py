@@ -29,6 +29,7 @@ if not __package__:  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import ORDER_AMOUNT, PAY_TYPE, finish, headline, log, print_table
+from devtools.stack.local import LocalStack, free_port
 from shared import trace
 from shared.adapters.order_book import OrderBook
 from shared.adapters.outcomes import Locked, OutcomeStore
@@ -38,7 +39,6 @@ from shared.domain import events
 from shared.domain.orders import OrderRecord
 from shared.protocol.payment import order_key
 from shared.settings import Settings
-from shared.stack.local import LocalStack, free_port
 from workers.__main__ import LOCK_TTL_MS, outcome_ttl_seconds
 
 MCH_ID = "m-bench"

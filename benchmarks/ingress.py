@@ -36,7 +36,7 @@ from benchmarks.common import (
     services,
 )
 from benchmarks.loadgen import run_wrk, write_bodies
-from shared.stack.pipeline import Pipeline, ServiceProcess, wait_for_http
+from devtools.stack.pipeline import Pipeline, ServiceProcess, wait_for_http
 
 WARMUP = 2.0  # seconds of load before each measured window (connections, JIT-free warm caches)
 

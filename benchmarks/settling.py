@@ -39,8 +39,8 @@ from benchmarks.common import (
     run_id,
     services,
 )
+from devtools.stack.pipeline import Pipeline, ServiceProcess
 from shared import topics
-from shared.stack.pipeline import Pipeline, ServiceProcess
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence

@@ -32,6 +32,6 @@ if [ "$missing" = 1 ] && command -v docker >/dev/null 2>&1; then
 fi
 if [ "$missing" = 0 ] && [ -n "${PY:-}" ]; then
   # Kafka's jars from Maven Central, before any test's clock runs (cached: a no-op after once).
-  "$PY" -c "from shared.stack.local import ensure_kafka_jars; ensure_kafka_jars()"
+  "$PY" -c "from devtools.stack.local import ensure_kafka_jars; ensure_kafka_jars()"
 fi
 exit "$missing"

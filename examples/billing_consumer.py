@@ -9,7 +9,7 @@ What it shows:
 
 Run: `python examples/billing_consumer.py --state billing-state.json` (Ctrl-C to stop). It prints
 the outcome counts; a real billing system replaces `apply` with its ledger update. `make run`'s
-demo (`shared/demo`) runs `consume` for its outcome counts, and passes `on_event` to see each new
+demo (`devtools/demo`) runs `consume` for its outcome counts, and passes `on_event` to see each new
 event with its Kafka timestamp.
 """
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -33,10 +34,10 @@ _KEY_SOURCES = (
 
 # subcommand -> "module:function"; the function takes the parsed arguments and returns an exit code.
 _HANDLERS = {
-    "stack": "shared.stack.commands:main",
+    "stack": "devtools.stack.commands:main",
     "sign": "shared.protocol.commands:sign_main",
     "verify": "shared.protocol.commands:verify_main",
-    "sandbox": "shared.sandbox.server:main",
+    "sandbox": "devtools.sandbox.server:main",
     "ingress": "ingress.__main__:main",
     "worker": "workers.__main__:main",
     "sweeper": "workers.sweeper_main:main",
@@ -224,6 +225,23 @@ def _repair_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     _repair_options(requery)
 
 
+# The package of development tooling (the local stack, the sandbox, the demo): in a checkout, not
+# in the production image. Production code reaches it only by name, here.
+DEVTOOLS = "devtools"
+
+
+def devtools_missing(command: str) -> str | None:
+    """Why `command` cannot run here (it needs the development tooling, which this installation
+    lacks), or None."""
+    if not _HANDLERS[command].startswith(DEVTOOLS + ".") or importlib.util.find_spec(DEVTOOLS):
+        return None
+    return (
+        f"`paynotify {command}` is development tooling (the {DEVTOOLS} package), which this "
+        "installation does not include (the production image leaves it out): run it from a "
+        "checkout of the repository after `make install`"
+    )
+
+
 def _resolve(target: str) -> Callable[[argparse.Namespace], int]:
     module_name, _, function = target.partition(":")
     handler: Callable[[argparse.Namespace], int] = getattr(
@@ -293,6 +311,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeySourceError as exc:
             sys.stderr.write(f"error: {exc}\n")
             return EXIT_USAGE
+    missing = devtools_missing(args.command)
+    if missing is not None:
+        sys.stderr.write(f"error: {missing}\n")
+        return EXIT_USAGE
     return _resolve(_HANDLERS[args.command])(args)
 
 

@@ -2,8 +2,8 @@
 
 Where they come from, in order:
 1. `KAFKA_BOOTSTRAP_SERVERS` and `REDIS_URL`, when both are set (a stack somebody already runs);
-   else a running `docker compose up` of this repository (shared.stack.compose), as `make` finds;
-2. the local stack (`shared.stack.local`) started on free ports in a temporary state directory,
+   else a running `docker compose up` of this repository (devtools.stack.compose), as `make` finds;
+2. the local stack (`devtools.stack.local`) started on free ports in a temporary state directory,
    when Java, Maven and redis-server are present;
 3. testcontainers, when a Docker engine answers;
 otherwise every test that needs a service **fails** with a message naming what is missing. They are
@@ -15,7 +15,7 @@ machine without them that uses services from outside (a Docker-only user's compo
 are deselected, and the run's last lines say how many and why; CI has the programs and runs all.
 
 `PAYNOTIFY_TEST_REDIS_CLUSTER=1` runs the session's Redis as a local three-primary Redis Cluster
-(shared.stack.redis_cluster) instead of one server: `make test-cluster` runs the integration and
+(devtools.stack.redis_cluster) instead of one server: `make test-cluster` runs the integration and
 e2e tiers that way. Modules that stop and start a Redis of their own keep a single server.
 """
 
@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING
 import pytest
 from hypothesis import settings
 
-from shared.stack import compose
-from shared.stack.local import LocalStack, free_port
-from shared.stack.redis_cluster import LocalRedisCluster
+from devtools.stack import compose
+from devtools.stack.local import LocalStack, free_port
+from devtools.stack.redis_cluster import LocalRedisCluster
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator

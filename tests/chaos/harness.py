@@ -1,8 +1,8 @@
 """One chaos run: a local stack of its own, the whole pipeline, the demo's messy payments, a
 seeded schedule of faults, and the verdict of the sandbox's ledger against the events topic.
 
-The orders are the demo's (`shared.demo.plan`), created and paid by the demo's driver
-(`shared.demo.driver.DemoRun`, extended here): duplicates, concurrent duplicates, repeat payments,
+The orders are the demo's (`devtools.demo.plan`), created and paid by the demo's driver
+(`devtools.demo.driver.DemoRun`, extended here): duplicates, concurrent duplicates, repeat payments,
 bank transfers, forged and dropped notifications, underpayments and unpaid orders, with order
 queries that answer late or `113`. Meanwhile `tests.chaos.injector` carries out the schedule.
 Everything started here is stopped at the end, whatever happened.
@@ -31,16 +31,16 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
 
+from devtools.demo.driver import DemoConfig, DemoRun, Services, run_env, start_at_end
+from devtools.demo.isolation import topic_partitions
+from devtools.demo.observe import SandboxControl
+from devtools.demo.plan import PAID_AFTER
+from devtools.stack.local import LocalStack, free_port
+from devtools.stack.pipeline import Pipeline
 from shared.adapters.parked import PARKED_KEY
-from shared.demo.driver import DemoConfig, DemoRun, Services, run_env, start_at_end
-from shared.demo.isolation import topic_partitions
-from shared.demo.observe import SandboxControl
-from shared.demo.plan import PAID_AFTER
 from shared.domain.events import PAYMENT_TYPES, EventType
 from shared.merchants import load_merchants
 from shared.settings import Settings
-from shared.stack.local import LocalStack, free_port
-from shared.stack.pipeline import Pipeline
 from tests.chaos.injector import FaultRecord, Injector, Targets
 from tests.chaos.monitor import (
     OffsetsMonitor,
@@ -53,7 +53,7 @@ from tests.chaos.schedule import Kind, Schedule, Timing, build_schedule
 from tests.chaos.verdict import Event, Payment, Verdict, judge
 
 if TYPE_CHECKING:
-    from shared.demo.report import Observed
+    from devtools.demo.report import Observed
 
 MCH_ID = "chaos0001"
 EXIT_FAILED = 1

@@ -15,20 +15,20 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka.admin import AIOKafkaAdminClient
 
+from devtools.stack.pipeline import wait_for_http
 from shared.adapters.kafka import CallbackEnvelope, start_producer
 from shared.protocol.payment import order_key
 from shared.protocol.signing import signed
-from shared.stack.pipeline import wait_for_http
 from tests.chaos.schedule import Kind
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
-    from shared.demo.observe import SandboxControl
-    from shared.demo.plan import PlannedOrder
+    from devtools.demo.observe import SandboxControl
+    from devtools.demo.plan import PlannedOrder
+    from devtools.stack.local import LocalStack
+    from devtools.stack.pipeline import Pipeline, ServiceProcess
     from shared.settings import Settings
-    from shared.stack.local import LocalStack
-    from shared.stack.pipeline import Pipeline, ServiceProcess
     from tests.chaos.schedule import Fault, Schedule
 
 # Answers a hostile or broken platform might give to an order query (issue 10, hole 1): each must

@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from shared.demo.plan import Mess, PlannedOrder
+from devtools.demo.plan import Mess, PlannedOrder
 from shared.domain.events import PAYMENT_TYPES, EventType
 
 if TYPE_CHECKING:

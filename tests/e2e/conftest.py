@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from shared.stack.local import LocalStack, free_port
-from shared.stack.pipeline import Pipeline
+from devtools.stack.local import LocalStack, free_port
+from devtools.stack.pipeline import Pipeline
 from tests.support.redis_db import empty_db, in_db
 
 if TYPE_CHECKING:

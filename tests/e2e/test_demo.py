@@ -1,4 +1,4 @@
-"""`make run`'s demo at a small size, through its command line (`python -m shared.demo`): the same
+"""`make run`'s demo at a small size, through its command line (`python -m devtools.demo`): the same
 code path as `make run`, only fewer orders. Kafka is the module's own broker (tests/e2e/conftest.py:
 other tests read the project's topics from their start), Redis the session's, where the demo claims
 an empty database of its own.
@@ -25,7 +25,7 @@ import psutil
 import pytest
 from redis import Redis
 
-from shared.demo.isolation import with_database
+from devtools.demo.isolation import with_database
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -50,7 +50,7 @@ def demo(module_kafka: str, redis_url: str, merchants_file: Path, tmp_path: Path
     def start(*args: str) -> subprocess.Popen[str]:
         process = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
             [
-                sys.executable, "-m", "shared.demo", "--merchants", str(merchants_file),
+                sys.executable, "-m", "devtools.demo", "--merchants", str(merchants_file),
                 "--state-dir", str(tmp_path / "state"), "--json", str(tmp_path / "summary.json"),
                 *args,
             ],

@@ -18,6 +18,8 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from devtools.sandbox.model import SandboxConfig
+from devtools.sandbox.server import build_app
 from shared.adapters.order_book import OrderBook
 from shared.adapters.topics import ensure_topics
 from shared.cli import _parser
@@ -27,8 +29,6 @@ from shared.merchants import load_merchants
 from shared.ops.redis_state import open_redis
 from shared.ops.requery import run_requery
 from shared.ops.tool import EXIT_FAILED, EXIT_OK, Console, guarded
-from shared.sandbox.model import SandboxConfig
-from shared.sandbox.server import build_app
 from shared.settings import Settings
 from tests.conftest import TEST_MCH_ID
 from tests.support.redis_db import clean_db, in_db

@@ -20,15 +20,15 @@ import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from devtools.stack.local import free_port
+from devtools.stack.pipeline import ServiceProcess, wait_for_http
 from shared import topics
 from shared.adapters.kafka import CallbackEnvelope
-from shared.stack.local import free_port
-from shared.stack.pipeline import ServiceProcess, wait_for_http
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from shared.stack.pipeline import Pipeline
+    from devtools.stack.pipeline import Pipeline
 
 pytestmark = pytest.mark.e2e
 

@@ -24,6 +24,8 @@ import pytest
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from devtools.sandbox.model import SandboxConfig
+from devtools.sandbox.server import build_app
 from shared import topics
 from shared.adapters.kafka import CallbackEnvelope, start_producer
 from shared.adapters.order_book import OrderBook, order_record_key
@@ -35,8 +37,6 @@ from shared.merchants import Merchant, load_merchants
 from shared.platform.client import ClientConfig, PlatformClient
 from shared.platform.retry import RetryPolicy
 from shared.protocol.signing import signed
-from shared.sandbox.model import SandboxConfig
-from shared.sandbox.server import build_app
 from shared.settings import Settings
 from tests.support.redis_db import clean_db, in_db, pending_index
 from workers.__main__ import run_worker

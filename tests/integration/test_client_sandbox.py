@@ -18,6 +18,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from devtools.sandbox.model import SandboxConfig, cumulative_offsets
+from devtools.sandbox.server import build_app
 from shared.clock import SystemClock
 from shared.merchants import Merchant, load_merchants
 from shared.platform.client import ClientConfig, PlatformClient
@@ -39,8 +41,6 @@ from shared.protocol.fields import FieldError
 from shared.protocol.models import CreateOrderRequest, decode_answer
 from shared.protocol.payment import PaymentStatus, parse_payment_report
 from shared.protocol.signing import MerchantKey, SignatureError, signed, verify
-from shared.sandbox.model import SandboxConfig, cumulative_offsets
-from shared.sandbox.server import build_app
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Mapping

@@ -27,6 +27,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from devtools.stack.local import free_port
 from ingress.__main__ import serve
 from ingress.app import INGRESS, build_app
 from shared.adapters.kafka import start_admin
@@ -34,7 +35,6 @@ from shared.adapters.topics import ensure_topics
 from shared.logs import _Formatter, get_logger
 from shared.merchants import parse_merchants
 from shared.settings import Settings
-from shared.stack.local import free_port
 from tests.support.hostile_requests import SECRETS, HostileRequest, load_hostile_requests
 
 if TYPE_CHECKING:

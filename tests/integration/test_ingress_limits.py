@@ -20,6 +20,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from devtools.stack.local import LocalStack, free_port
 from ingress.__main__ import serve
 from ingress.app import INGRESS, SERVER_HEADER, build_app
 from shared.adapters.topics import ensure_topics
@@ -28,7 +29,6 @@ from shared.logs import get_logger
 from shared.merchants import parse_merchants
 from shared.protocol.signing import signed
 from shared.settings import Settings
-from shared.stack.local import LocalStack, free_port
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -36,9 +36,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from devtools.stack.local import free_port
 from shared.adapters.topics import ensure_topics
 from shared.settings import Settings
-from shared.stack.local import free_port
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -38,9 +38,9 @@ if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
     from redis.asyncio import Redis
 
+    from devtools.stack.local import LocalStack
     from ingress.counters import IngressCounters
     from shared.protocol.models import OrderQueryAnswer
-    from shared.stack.local import LocalStack
     from shared.topics import Topics
 
 pytestmark = pytest.mark.integration

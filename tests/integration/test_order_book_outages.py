@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from redis import exceptions as redis_errors
 
+from devtools.stack.local import LocalStack, free_port
 from shared.adapters.kafka import CallbackEnvelope, start_producer
 from shared.adapters.order_book import SWEEPER_LEASE_KEY, OrderBook
 from shared.adapters.redis_client import connect_redis
@@ -27,7 +28,6 @@ from shared.domain.sweep import SweepSchedule
 from shared.protocol.models import OrderQueryAnswer
 from shared.protocol.payment import PaymentReport, PaymentStatus, report_fields
 from shared.settings import Settings
-from shared.stack.local import LocalStack, free_port
 from workers.__main__ import run_worker
 from workers.orders_consumer import OrdersConsumer
 from workers.sweeper import Sweeper, SweeperLimits

@@ -15,9 +15,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from devtools.stack.local import LocalStack, free_port
 from shared.adapters.topics import TopicsError, ensure_topics
 from shared.settings import Settings
-from shared.stack.local import LocalStack, free_port
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

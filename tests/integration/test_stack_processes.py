@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import psutil
 import pytest
 
-from shared.stack.local import LocalStack, free_port
+from devtools.stack.local import LocalStack, free_port
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from devtools.stack.local import free_port
 from ingress.__main__ import serve
 from ingress.app import build_app
 from shared.adapters.topics import ensure_topics, short_topics
@@ -20,7 +21,6 @@ from shared.logs import get_logger
 from shared.merchants import parse_merchants
 from shared.protocol.signing import signed
 from shared.settings import Settings
-from shared.stack.local import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -14,12 +14,12 @@ import pytest
 import redis.exceptions
 from aiokafka import AIOKafkaConsumer
 
+from devtools.stack.local import LocalStack, free_port
 from shared.adapters.kafka import CallbackEnvelope, start_producer
 from shared.adapters.outcomes import OutcomeStore, outcome_key
 from shared.adapters.redis_client import SOCKET_TIMEOUT, connect_redis
 from shared.clock import SystemClock
 from shared.settings import Settings
-from shared.stack.local import LocalStack, free_port
 from tests.support.redis_db import retry_set
 from workers.consumer import CallbackConsumer, RetryPoller, TopicSink
 from workers.keyed import KeyedRunner

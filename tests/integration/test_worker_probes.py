@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING
 import aiohttp
 import pytest
 
+from devtools.stack.local import LocalStack, free_port
+from devtools.stack.pipeline import ServiceProcess
 from shared.adapters.kafka import CallbackEnvelope, start_producer
 from shared.adapters.topics import ensure_topics
 from shared.settings import Settings
-from shared.stack.local import LocalStack, free_port
-from shared.stack.pipeline import ServiceProcess
 from workers.__main__ import run_worker
 from workers.sweeper_main import run_sweeper
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.demo.plan import Mess, PlannedOrder
+from devtools.demo.plan import Mess, PlannedOrder
 from tests.chaos.verdict import Event, Figures, Payment, judge
 
 pytestmark = pytest.mark.unit

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from devtools.stack.local import LocalStack, default_state_dir
 from shared import tracing
 from shared.cli import _parser
 from shared.settings import environment_variables
-from shared.stack.local import LocalStack, default_state_dir
 
 pytestmark = pytest.mark.unit
 

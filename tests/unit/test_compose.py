@@ -1,7 +1,7 @@
 """docker-compose.yml, checked without a Docker engine (the project's machines have none): valid
 against the Compose Specification's JSON schema, Kafka and Redis published on loopback only with
 a listener the host can use, the durability and topic settings the local stack has, and the
-Makefile's reading of `docker compose ps` (shared/stack/compose.py).
+Makefile's reading of `docker compose ps` (devtools/stack/compose.py).
 
 deploy/schemas/compose-spec.json is `schema/compose-spec.json` of the compose-spec/compose-spec
 repository (commit 170098ba07d9, June 2026; Apache-2.0), unchanged. The npm package
@@ -18,8 +18,8 @@ import jsonschema
 import pytest
 import yaml
 
+from devtools.stack.compose import ComposeServices, parse_ps, running
 from shared.settings import Settings
-from shared.stack.compose import ComposeServices, parse_ps, running
 
 pytestmark = pytest.mark.unit
 

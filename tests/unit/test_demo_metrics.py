@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.demo.report import Observed, checks, metric_totals
+from devtools.demo.report import Observed, checks, metric_totals
 
 pytestmark = pytest.mark.unit
 

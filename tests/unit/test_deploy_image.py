@@ -8,17 +8,23 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
 import sys
 import tomllib
 from importlib import metadata
+from typing import TYPE_CHECKING
 
 import pytest
+import setuptools
 from aiohttp import web
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from shared.stack.local import free_port
+from devtools.stack.local import free_port
 from tests.support.manifests import ROOT
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 pytestmark = pytest.mark.unit
 
@@ -93,13 +99,67 @@ def test_the_base_image_is_pinned_to_a_patch_release() -> None:
     assert arg.removeprefix("PYTHON_IMAGE=python:").startswith(
         IMAGE_ENVIRONMENT["python_full_version"] + "-"
     )
-    assert [v.split()[0] for k, v in _instructions() if k == "FROM"] == ["${PYTHON_IMAGE}"] * 2
+    stages = _stages()
+    for name, (base, _) in stages.items():
+        assert base == "${PYTHON_IMAGE}" or base in list(stages)[: list(stages).index(name)], name
+
+
+def _stages() -> dict[str, tuple[str, list[tuple[str, str]]]]:
+    """Each stage's name -> (what it is built FROM, its instructions), in the file's order."""
+    stages: dict[str, tuple[str, list[tuple[str, str]]]] = {}
+    for kind, value in _instructions():
+        if kind == "FROM":
+            base, _, name = value.partition(" AS ")
+            stages[name.strip()] = (base.strip(), [])
+        elif stages:
+            stages[list(stages)[-1]][1].append((kind, value))
+    return stages
 
 
 def test_the_image_runs_as_a_numeric_non_root_user() -> None:
-    users = [v for k, v in _instructions() if k == "USER"]
-    assert users == ["10001:10001"]  # the manifests' runAsUser
-    assert [k for k, _ in _instructions()][-1] == "ENTRYPOINT"
+    """Both images (production and dev) end as the manifests' runAsUser, with the command set
+    on the stage they share."""
+    stages = _stages()
+    for name in ("production", "dev"):
+        users = [v for k, v in stages[name][1] if k == "USER"]
+        assert users == ["10001:10001"], name  # the manifests' runAsUser
+        assert stages[name][0] == "base"
+    assert ("ENTRYPOINT", '["paynotify"]') in stages["base"][1]
+
+
+def test_the_production_image_is_the_default_and_holds_no_development_tooling() -> None:
+    """`docker build` without --target builds the last stage: production. It installs the wheel
+    built from shared/, ingress/ and workers/ alone; only the dev image's wheel has devtools/."""
+    stages = _stages()
+    assert list(stages)[-1] == "production"
+    copied = {
+        name: [v for k, v in instructions if k == "COPY"]
+        for name, (_, instructions) in stages.items()
+    }
+    assert copied["production"] == ["--from=build /wheels /wheels"]
+    assert copied["dev"] == ["--from=build-dev /wheels /wheels"]
+    sources = {v.split()[0] for v in copied["build"] if not v.startswith("--from")}
+    assert "devtools" not in sources
+    assert {"shared", "ingress", "workers"} <= sources
+    assert [v.split()[0] for v in copied["build-dev"]] == ["devtools"]
+    assert stages["build-dev"][0] == "build"
+
+
+def test_the_package_finder_leaves_devtools_out_of_the_production_wheel(tmp_path: Path) -> None:
+    """pyproject.toml's package list, applied to what the build stage copies, finds the three
+    production packages and nothing of devtools/; applied to the dev build's sources, devtools
+    too. (The wheel itself is built by `docker build`; the finder is what decides its packages.)"""
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"
+    ]["find"]["include"]
+    for source in ("shared", "ingress", "workers"):
+        shutil.copytree(ROOT / source, tmp_path / source)
+    production = set(setuptools.find_packages(tmp_path, include=include))
+    assert {"shared", "ingress", "workers", "shared.protocol"} <= production
+    assert not {p for p in production if p.split(".")[0] == "devtools"}
+    shutil.copytree(ROOT / "devtools", tmp_path / "devtools")
+    dev = set(setuptools.find_packages(tmp_path, include=include))
+    assert {"devtools", "devtools.sandbox", "devtools.stack", "devtools.demo"} <= dev
 
 
 def test_dependencies_come_from_the_lock_and_nothing_else() -> None:

@@ -8,16 +8,16 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from devtools.sandbox.core import SandboxPlatform
+from devtools.sandbox.model import ControlError, Fault, Order, SandboxConfig, Scenario
 from shared.clock import ManualClock
 from shared.merchants import Merchant
 from shared.protocol.signing import MerchantKey
-from shared.sandbox.core import SandboxPlatform
-from shared.sandbox.model import ControlError, Fault, Order, SandboxConfig, Scenario
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from shared.sandbox.delivery import Notification
+    from devtools.sandbox.delivery import Notification
 
 pytestmark = pytest.mark.unit
 

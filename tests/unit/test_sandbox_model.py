@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.protocol.models import decode_answer, encode_answer, verify_answer
-from shared.protocol.payment import PaymentStatus
-from shared.protocol.signing import MerchantKey
-from shared.sandbox.answers import created_answer, report_answer
-from shared.sandbox.model import (
+from devtools.sandbox.answers import created_answer, report_answer
+from devtools.sandbox.model import (
     NEVER,
     NOTIFY_INTERVALS,
     Chaos,
@@ -18,6 +15,9 @@ from shared.sandbox.model import (
     Scenario,
     cumulative_offsets,
 )
+from shared.protocol.models import decode_answer, encode_answer, verify_answer
+from shared.protocol.payment import PaymentStatus
+from shared.protocol.signing import MerchantKey
 
 pytestmark = pytest.mark.unit
 

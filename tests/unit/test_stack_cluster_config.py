@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from shared.stack.local import LocalStack, StackError, stored_brokers
+from devtools.stack.local import LocalStack, StackError, stored_brokers
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from shared.stack.local import kafka_cluster_id
+from devtools.stack.local import kafka_cluster_id
 
 pytestmark = pytest.mark.unit
 

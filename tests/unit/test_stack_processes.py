@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import psutil
 import pytest
 
-from shared.stack.local import LocalStack
+from devtools.stack.local import LocalStack
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -5,7 +5,7 @@ clients on the host), so a machine with Docker and without Java can use them. Th
 asks `docker compose ps` which of them run and where; it needs nothing beyond the standard library
 (the Makefile runs it with the system's Python, before `.venv` exists).
 
-`python -m shared.stack.compose` prints `KAFKA_BOOTSTRAP_SERVERS REDIS_URL` on one line when both
+`python -m devtools.stack.compose` prints `KAFKA_BOOTSTRAP_SERVERS REDIS_URL` on one line when both
 run, else nothing (exit 1).
 """
 

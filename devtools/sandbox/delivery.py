@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 
+from devtools.sandbox.model import cumulative_offsets
 from shared.logs import get_logger
-from shared.sandbox.model import cumulative_offsets
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Mapping
 
+    from devtools.sandbox.model import DeliveryKind, Outcome, SandboxConfig
     from shared.clock import Clock
-    from shared.sandbox.model import DeliveryKind, Outcome, SandboxConfig
 
 SUCCESS = b"success"
 MAX_ANSWER = 1024  # a receiver's answer is read up to this many bytes

@@ -10,10 +10,9 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from shared.protocol.models import encode_answer
-from shared.sandbox.core import Reply, SandboxPlatform
-from shared.sandbox.delivery import Deliverer
-from shared.sandbox.model import (
+from devtools.sandbox.core import Reply, SandboxPlatform
+from devtools.sandbox.delivery import Deliverer
+from devtools.sandbox.model import (
     NEVER,
     Chaos,
     ControlError,
@@ -24,6 +23,7 @@ from shared.sandbox.model import (
     order_key,
     text_field,
 )
+from shared.protocol.models import encode_answer
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping

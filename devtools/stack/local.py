@@ -102,7 +102,7 @@ def ensure_kafka_jars(version: str = KAFKA_VERSION) -> Path:
         if shutil.which(tool) is None:
             raise StackError(f"{tool} is not on PATH: the local Kafka needs Java 17+ and Maven")
     _log(f"fetching Apache Kafka {version} from Maven Central into {libs}")
-    pom = resources.files("shared.stack").joinpath("kafka-pom.xml")
+    pom = resources.files("devtools.stack").joinpath("kafka-pom.xml")
     with resources.as_file(pom) as pom_path:
         result = subprocess.run(
             [

@@ -14,20 +14,20 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
-from shared.clock import SystemClock
-from shared.logs import configure_logging, get_logger
-from shared.merchants import MerchantsFileError, load_merchants
-from shared.protocol.catalog import PayTypeCatalog
-from shared.sandbox.core import SandboxPlatform
-from shared.sandbox.delivery import Deliverer
-from shared.sandbox.model import NEVER, SandboxConfig
-from shared.sandbox.routes import (
+from devtools.sandbox.core import SandboxPlatform
+from devtools.sandbox.delivery import Deliverer
+from devtools.sandbox.model import NEVER, SandboxConfig
+from devtools.sandbox.routes import (
     CLOCK_KEY,
     DELIVERER_KEY,
     PLATFORM_KEY,
     add_routes,
     control_errors,
 )
+from shared.clock import SystemClock
+from shared.logs import configure_logging, get_logger
+from shared.merchants import MerchantsFileError, load_merchants
+from shared.protocol.catalog import PayTypeCatalog
 from shared.settings import Settings, SettingsError
 
 if TYPE_CHECKING:

@@ -14,8 +14,8 @@ from shared.protocol.models import signature_fields
 from shared.protocol.signing import SIGN_FIELD, sign
 
 if TYPE_CHECKING:
+    from devtools.sandbox.model import Order
     from shared.protocol.signing import MerchantKey
-    from shared.sandbox.model import Order
 
 Pair = tuple[str, str | int]
 QR_PAY_TYPES = frozenset({2, 10, 14, 20, 31, 41})

@@ -1,4 +1,4 @@
-"""`python -m shared.demo` (`make run`): the pipeline end to end on this machine, with a summary.
+"""`python -m devtools.demo` (`make run`): the pipeline end to end on this machine, with a summary.
 
 Kafka and Redis come from `KAFKA_BOOTSTRAP_SERVERS` and `REDIS_URL` when both are set; otherwise
 from the local stack (`paynotify stack up`, ports 9092/6379), which is reused when it is up and
@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from shared.demo.driver import DemoConfig, RunResult, Services, run_demo
-from shared.demo.report import render, summarize
+from devtools.demo.driver import DemoConfig, RunResult, Services, run_demo
+from devtools.demo.report import render, summarize
+from devtools.stack.local import LocalStack, StackError, cache_dir, default_state_dir
 from shared.logs import configure_logging
-from shared.stack.local import LocalStack, StackError, cache_dir, default_state_dir
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -37,7 +37,7 @@ EXAMPLE_MERCHANTS = REPO / "deploy" / "merchants.example.toml"
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     defaults = DemoConfig()
     parser = argparse.ArgumentParser(
-        prog="python -m shared.demo",
+        prog="python -m devtools.demo",
         description=__doc__,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

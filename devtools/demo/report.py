@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from shared.demo.plan import TRANSFER_PAY_TYPES, Mess, PlannedOrder, order_prefix
+from devtools.demo.plan import TRANSFER_PAY_TYPES, Mess, PlannedOrder, order_prefix
 from shared.domain.events import EventType
 
 if TYPE_CHECKING:

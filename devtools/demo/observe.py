@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from shared.demo.report import IngressCounts, metric_totals, parse_ingress_metrics
+from devtools.demo.report import IngressCounts, metric_totals, parse_ingress_metrics
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

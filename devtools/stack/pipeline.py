@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from shared.stack.local import free_port
+from devtools.stack.local import free_port
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence

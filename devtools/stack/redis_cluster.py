@@ -18,7 +18,7 @@ from pathlib import Path
 from redis import Redis
 from redis.exceptions import RedisError
 
-from shared.stack.local import LocalStack, StackError, free_port
+from devtools.stack.local import LocalStack, StackError, free_port
 
 SLOTS = 16384
 MAX_PRIMARIES = 9

@@ -21,19 +21,20 @@ from typing import TYPE_CHECKING, Any, TextIO
 import aiohttp
 from redis.asyncio import Redis
 
-from shared.adapters.order_book import OrderBook
-from shared.adapters.outages import OUTAGES
-from shared.clock import SystemClock
-from shared.demo.isolation import (
+from devtools.demo.isolation import (
     claim_database,
     database_of,
     end_offsets,
     release_database,
     start_group_at_end,
 )
-from shared.demo.observe import ControlError, SandboxControl, ingress_counts, scrape
-from shared.demo.plan import PAID_AFTER, PlannedOrder, plan_orders
-from shared.demo.report import Observed, SeenEvent
+from devtools.demo.observe import ControlError, SandboxControl, ingress_counts, scrape
+from devtools.demo.plan import PAID_AFTER, PlannedOrder, plan_orders
+from devtools.demo.report import Observed, SeenEvent
+from devtools.stack.pipeline import Pipeline
+from shared.adapters.order_book import OrderBook
+from shared.adapters.outages import OUTAGES
+from shared.clock import SystemClock
 from shared.merchants import load_merchants
 from shared.platform.client import ClientConfig, PlatformClient
 from shared.platform.retry import OUTAGE_BACKOFF
@@ -41,7 +42,6 @@ from shared.protocol.catalog import PayTypeCatalog
 from shared.protocol.errors import PlatformError
 from shared.protocol.models import CreateOrderRequest
 from shared.settings import Settings
-from shared.stack.pipeline import Pipeline
 from workers.orders_consumer import orders_group
 
 if TYPE_CHECKING:

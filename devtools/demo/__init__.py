@@ -5,5 +5,5 @@
 - `isolation`: a Redis database and consumer groups of the run's own, so runs never mix;
 - `observe`: reading the sandbox's control API and the ingress's counters;
 - `driver`: one run: start the processes, create and pay the orders, wait, collect, stop;
-- `__main__`: the command line (`python -m shared.demo`), the local stack, signals.
+- `__main__`: the command line (`python -m devtools.demo`), the local stack, signals.
 """

@@ -14,6 +14,18 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlencode
 
+from devtools.sandbox.answers import Pair, created_answer, error_answer, report_answer
+from devtools.sandbox.delivery import Notification
+from devtools.sandbox.model import (
+    NEVER,
+    Chaos,
+    ControlError,
+    DeliveryAttempt,
+    Fault,
+    Order,
+    OrderKey,
+    Scenario,
+)
 from shared.logs import get_logger
 from shared.protocol.catalog import ANSWER_CODES, ANSWER_OK
 from shared.protocol.fields import FieldError
@@ -24,27 +36,15 @@ from shared.protocol.models import (
 )
 from shared.protocol.payment import PaymentStatus, report_fields
 from shared.protocol.signing import SIGN_FIELD, SignatureError, signed, verify
-from shared.sandbox.answers import Pair, created_answer, error_answer, report_answer
-from shared.sandbox.delivery import Notification
-from shared.sandbox.model import (
-    NEVER,
-    Chaos,
-    ControlError,
-    DeliveryAttempt,
-    Fault,
-    Order,
-    OrderKey,
-    Scenario,
-)
 
 if TYPE_CHECKING:
     import random
     from collections.abc import Callable, Iterable, Mapping
 
+    from devtools.sandbox.delivery import TryResult
+    from devtools.sandbox.model import DeliveryKind, SandboxConfig
     from shared.clock import Clock
     from shared.merchants import Merchant
-    from shared.sandbox.delivery import TryResult
-    from shared.sandbox.model import DeliveryKind, SandboxConfig
 
 _T = TypeVar("_T")
 QUICK_PAY_TYPES = frozenset({3, 4, 5, 6})

@@ -1,7 +1,7 @@
 """`paynotify stack up|down|status [--brokers 3] [--redis-cluster 3]`: exports go to stdout (for
 `eval`), progress to stderr. With three brokers the exports include
 `PAYNOTIFY_TOPIC_REPLICATION=3`; with `--redis-cluster N`, Redis is a local N-primary Redis
-Cluster (shared.stack.redis_cluster) instead of one server, and `REDIS_URL` names it."""
+Cluster (devtools.stack.redis_cluster) instead of one server, and `REDIS_URL` names it."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shared.stack.local import LocalStack, StackError, default_state_dir, stored_brokers
-from shared.stack.redis_cluster import LocalRedisCluster
+from devtools.stack.local import LocalStack, StackError, default_state_dir, stored_brokers
+from devtools.stack.redis_cluster import LocalRedisCluster
 
 if TYPE_CHECKING:
     import argparse
