@@ -58,21 +58,16 @@ async def settler(settings: Settings) -> AsyncIterator[Callable[[bytes, str], Aw
     platform = PlatformClient.without_retries(
         settings, merchants, clock=clock, limit=settings.worker_concurrency
     )
-    published: set[str] = set()
     stats: Counter[str] = Counter()
     reconciler = build_reconciler(
-        settings, redis, producer, platform, merchants, clock=clock, published=published,
-        stats=stats,
-    )  # fmt: skip
+        settings, redis, producer, platform, merchants, clock=clock, stats=stats
+    )
     store = reconciler.store
 
     async def settle(raw: bytes, origin: str) -> None:
         work = Work(envelope=CallbackEnvelope.decode(raw), origin=origin)
         await reconciler.settle(work)
-        if published:  # as the worker does before it commits
-            keys = list(published)
-            published.clear()
-            await store.mark_published(keys)
+        await store.flush_published()  # as the worker does before it commits
 
     try:
         yield settle

@@ -72,7 +72,6 @@ def build_reconciler(
     merchants: Mapping[str, Merchant],
     *,
     clock: Clock,
-    published: set[str],
     stats: Counter[str],
 ) -> Reconciler:
     """The reconciler as every worker runs it (the benchmarks' consumers use it too)."""
@@ -92,7 +91,6 @@ def build_reconciler(
         min_retry_delay=min(1.0, settings.scaled(1.0)),
         transfer_tolerance=settings.transfer_tolerance_li,
         replay_window=settings.replay_window,
-        published=published,
         stats=stats,
     )
 
@@ -166,11 +164,9 @@ async def _run_worker(  # noqa: PLR0917 - the collaborators run_worker built
         limit=settings.worker_concurrency,
         observe=probes.platform_call,
     )
-    published: set[str] = set()
     reconciler = build_reconciler(
-        settings, redis, producer, platform, merchants, clock=clock, published=published,
-        stats=stats,
-    )  # fmt: skip
+        settings, redis, producer, platform, merchants, clock=clock, stats=stats
+    )
     store = reconciler.store
     callbacks = CallbackConsumer(
         consumer,
@@ -181,7 +177,6 @@ async def _run_worker(  # noqa: PLR0917 - the collaborators run_worker built
         dlq=reconciler.dlq,
         clock=clock,
         stats=stats,
-        published=published,
         spans=Spans.from_env(os.environ, "worker"),
     )
     retries = RetryPoller(

@@ -118,7 +118,6 @@ class CallbackConsumer:
         dlq: Sink,
         clock: Clock,
         stats: Counter[str],
-        published: set[str],
         commit_interval: float = 0.2,
         revoke_deadline: float = 15.0,
         spans: Spans | None = None,
@@ -136,7 +135,6 @@ class CallbackConsumer:
         self._revoke_deadline = revoke_deadline
         self._owned: dict[TopicPartition, _Owned] = {}
         self._log = get_logger("worker.consumer")
-        self._published = published  # filled by the reconciler: outcomes to mark published
 
     def subscribe(self) -> None:
         self._consumer.subscribe([self._topic], listener=_Rebalance(self))
@@ -244,19 +242,14 @@ class CallbackConsumer:
             position = offsets.committable()
             if position is not None:
                 positions[tp] = (offsets, position)
-        if self._published:
-            # Before the commit: a redelivery after it then finds the outcome marked published.
-            # Keys leave the set only once Redis has them, so a duplicate arriving meanwhile is
-            # still recognised (and not published again).
-            keys = list(self._published)
-            try:
-                await self._store.mark_published(keys)
-            except _REDIS_TROUBLE as exc:
-                # Redis away: no commit this cycle (the marks must come first); the next tries.
-                self._stats["commit_skipped"] += 1
-                self._log.warning("mark_published_failed", error=type(exc).__name__)
-                return
-            self._published.difference_update(keys)
+        # Before the commit: a redelivery after it then finds the outcomes marked published.
+        try:
+            await self._store.flush_published()
+        except _REDIS_TROUBLE as exc:
+            # Redis away: no commit this cycle (the marks must come first); the next tries.
+            self._stats["commit_skipped"] += 1
+            self._log.warning("mark_published_failed", error=type(exc).__name__)
+            return
         if not positions:
             return
         try:

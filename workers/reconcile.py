@@ -232,7 +232,6 @@ class Reconciler:
     # attempt is abandoned (as a crash would) and tried again, then dead-lettered.
     attempt_deadline: float = 90.0
     deadline_attempts: int = 3
-    published: set[str] = field(default_factory=set)  # order keys published since the last commit
     stats: Counter[str] = field(default_factory=Counter)
     random: Callable[[], float] = random.random
 
@@ -372,8 +371,7 @@ class Reconciler:
             pause = min(pause * 2, 1.0)
 
     async def _replay(self, report: PaymentReport, outcome: RecordedOutcome) -> Settlement:
-        # `published` reaches Redis in batches; until then this process remembers what it sent.
-        if outcome.published or report.order_key in self.published:
+        if self.store.is_published(report.order_key, outcome):
             return Settlement.DUPLICATE
         await self._publish(report.order_key, outcome)
         return Settlement.REPUBLISHED
@@ -453,7 +451,7 @@ class Reconciler:
 
     async def _publish(self, order_key: str, outcome: RecordedOutcome) -> None:
         await self.events.publish(order_key, outcome.event)
-        self.published.add(order_key)
+        self.store.note_published(order_key)
 
     async def _defer(
         self,

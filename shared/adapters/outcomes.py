@@ -150,6 +150,8 @@ class OutcomeStore:
         self.retries = ShardedSchedule(redis, redis_keys.retry_keys())
         self._renew = redis.register_script(_RENEW)
         self._mark = redis.register_script(_MARK_PUBLISHED)
+        # Outcomes this process published and has not yet marked in Redis (`flush_published`).
+        self._unmarked: set[str] = set()
 
     async def begin(
         self, order_key: str, mch_id: str, record_order: str
@@ -231,6 +233,26 @@ class OutcomeStore:
 
     async def release(self, order_key: str, token: str) -> None:
         await self._release(keys=[lock_key(order_key)], args=[token])
+
+    def note_published(self, order_key: str) -> None:
+        """This process published the payment's outcome (the broker acked it). Redis learns it at
+        the next `flush_published`, which every commit of a consumed offset waits for."""
+        self._unmarked.add(order_key)
+
+    def is_published(self, order_key: str, outcome: RecordedOutcome) -> bool:
+        """Whether `outcome` was published: marked in Redis, or by this process since the last
+        flush (a duplicate arriving meanwhile is then not published again)."""
+        return outcome.published or order_key in self._unmarked
+
+    async def flush_published(self) -> None:
+        """Mark in Redis every outcome noted published so far. Call it before committing the
+        offsets of the messages that published them: a redelivery after the commit then finds
+        them marked. Raises what Redis raises; the outcomes stay noted until Redis has them."""
+        keys = list(self._unmarked)
+        if not keys:
+            return
+        await self.mark_published(keys)
+        self._unmarked.difference_update(keys)
 
     async def mark_published(self, order_keys: Iterable[str]) -> None:
         """One round trip for a batch on one Redis (one per slot, a few at a time, on a

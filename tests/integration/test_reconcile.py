@@ -12,6 +12,7 @@ import itertools
 import time
 import uuid
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import orjson
 import pytest
@@ -35,10 +36,20 @@ from tests.support.redis_db import open_redis, pending_index, retry_set
 from workers.consumer import TopicSink
 from workers.reconcile import Reconciler, Settlement, Work
 
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
 pytestmark = pytest.mark.integration
 
 MCH = "t9awtvk6dn"
 _seq = itertools.count()
+
+
+def another_process(reconciler: Reconciler, redis: Redis) -> Reconciler:
+    """The same reconciler in a process that has published nothing yet (its outcome store
+    remembers what this process published until Redis has the marks)."""
+    store = OutcomeStore(redis, outcome_ttl_seconds=3600, lock_ttl_ms=5000)
+    return replace(reconciler, store=store)
 
 
 def report(
@@ -159,7 +170,7 @@ async def test_redelivery_republishes_the_recorded_event_until_marked(env, kafka
     """A duplicate in the same process publishes nothing; a redelivery to another process before
     `published` is marked re-sends the same bytes, not a new decision; after marking it is a
     duplicate and costs no platform query."""
-    reconciler, platform, book, _redis, (events, _) = env
+    reconciler, platform, book, redis, (events, _) = env
     order = unique_order()
     await book.record_pending(OrderRecord(MCH, order, 1000, 10, 1_700_000_000))
     platform.answers[order] = report(order)
@@ -168,7 +179,7 @@ async def test_redelivery_republishes_the_recorded_event_until_marked(env, kafka
     assert await reconciler.handle(work_for(report(order))) is Settlement.DUPLICATE
     # A process that crashed before marking it: the next one (which has not seen it) re-sends
     # the recorded event, even though the platform now says something else.
-    reconciler.published.clear()
+    reconciler = another_process(reconciler, redis)
     platform.answers[order] = report(order, status=1)
     assert await reconciler.handle(work_for(report(order))) is Settlement.REPUBLISHED
     first, second = await read_topic(kafka_bootstrap, events, 2)
@@ -481,7 +492,7 @@ async def test_a_replay_after_the_outcome_expired_is_still_a_duplicate(
     platform.answers[order] = report(order)
     assert await reconciler.handle(work_for(report(order))) is Settlement.PUBLISHED
     await redis.delete(outcome_key(f"{MCH}:{order}"))  # its retention ran out
-    reconciler.published.clear()  # and this is another process
+    reconciler = another_process(reconciler, redis)
 
     assert await reconciler.handle(work_for(report(order))) is Settlement.DUPLICATE
     assert len(await read_topic(kafka_bootstrap, events, 1)) == 1

@@ -309,8 +309,7 @@ async def test_redrive_republishes_the_original_message_and_the_worker_dedupes_i
     )  # fmt: skip
     # The payment was settled since (another delivery of it).
     assert await reconciler.handle(Work(envelope=_envelope("d1"))) is Settlement.PUBLISHED
-    await store.mark_published(list(reconciler.published))
-    reconciler.published.clear()
+    await store.flush_published()
 
     code, out, _ = await env.run(dlq, "dlq", "redrive")
     assert code == EXIT_USAGE
