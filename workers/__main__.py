@@ -36,7 +36,7 @@ from shared.tracing import Spans
 from workers.consumer import CLOUDEVENTS_HEADERS, CallbackConsumer, RetryPoller, TopicSink
 from workers.keyed import KeyedRunner
 from workers.orders_consumer import OrdersConsumer
-from workers.reconcile import OrderQuery, Reconciler
+from workers.reconcile import Reconciler
 
 if TYPE_CHECKING:
     import argparse
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from shared.merchants import Merchant
+    from shared.ports import OrderQuery
     from shared.settings import Settings
 
 LOCK_TTL_MS = 30_000

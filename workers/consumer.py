@@ -33,7 +33,7 @@ from shared.protocol.payment import order_key
 from shared.trace import from_headers as trace_from_headers
 from shared.tracing import Spans
 from workers.offsets import PartitionOffsets
-from workers.reconcile import Settlement, Sink, Work, publish_dead_letter
+from workers.reconcile import Settlement, Work, publish_dead_letter
 
 if TYPE_CHECKING:
     from collections import Counter
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
     from shared.adapters.outcomes import OutcomeStore
     from shared.clock import Clock
+    from shared.ports import Sink
     from workers.keyed import KeyedRunner
 
 

@@ -20,7 +20,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiokafka.errors import KafkaError
@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 
     from shared.clock import Clock
     from shared.merchants import Merchant
-    from shared.protocol.models import OrderQueryAnswer
+    from shared.ports import OrderQuery, Sink
 
 # Outcomes after which the order book stops chasing the order. `unconfirmed` leaves it pending
 # (the sweeper may still find a genuine payment); a repeat payment never touches its origin order.
@@ -89,16 +89,6 @@ class Settlement(StrEnum):
     DEFERRED = "deferred"  # scheduled in the durable retry set
     DEAD_LETTERED = "dead_lettered"  # on paynotify.dlq with its reason
     GAVE_WAY = "gave_way"  # NOT settled: its partition was revoked; the next owner handles it
-
-
-class OrderQuery(Protocol):
-    async def query_order(self, mch_id: str, mch_order: str) -> OrderQueryAnswer: ...
-
-
-class Sink(Protocol):
-    """Publishes to one topic and returns after the broker's ack."""
-
-    async def publish(self, key: str, value: bytes) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ import random
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -72,6 +72,7 @@ if TYPE_CHECKING:
     from shared.clock import Clock
     from shared.domain.orders import OrderRecord
     from shared.domain.sweep import SweepSchedule
+    from shared.ports import OrderQuery, Producer
     from shared.protocol.models import OrderQueryAnswer
 
 _T = TypeVar("_T")
@@ -81,18 +82,6 @@ _PARKED_BATCH = 100  # parked entries asked for per scan step
 _PARKED_TRIES = 3  # unexpected failures in a row before a parked entry is dead-lettered
 _PARKED_REMEMBERED = 10_000  # parked entries whose failures are counted, at most
 _MARK_EVERY = 1.0  # seconds between sweep marks, at least
-
-
-class OrderQuery(Protocol):
-    async def query_order(self, mch_id: str, mch_order: str) -> OrderQueryAnswer: ...
-
-
-class Publisher(Protocol):
-    """An acks=all producer (shared.adapters.kafka.start_producer): keys as text."""
-
-    async def send_and_wait(
-        self, topic: str, value: bytes, key: str, headers: list[tuple[str, bytes]] | None = None
-    ) -> object: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +127,7 @@ class Sweeper:
         book: OrderBook,
         locks: Locks,
         platform: OrderQuery,
-        producer: Publisher,
+        producer: Producer,
         *,
         clock: Clock,
         schedule: SweepSchedule,

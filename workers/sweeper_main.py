@@ -40,8 +40,8 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from shared.merchants import Merchant
+    from shared.ports import OrderQuery, Producer
     from shared.settings import Settings
-    from workers.sweeper import OrderQuery, Publisher
 
 LEASE_TTL = 10.0  # seconds: how soon a waiting instance takes over from a dead one
 # Beyond one connection per query in flight: the lease, claims, rescheduling.
@@ -66,7 +66,7 @@ def build_sweeper(
     settings: Settings,
     redis: Redis,
     platform: OrderQuery,
-    producer: Publisher,
+    producer: Producer,
     *,
     clock: Clock,
     merchants: Container[str] | None = None,
