@@ -32,11 +32,12 @@ from benchmarks.common import ORDER_AMOUNT, PAY_TYPE, finish, headline, log, pri
 from devtools.stack.local import LocalStack, free_port
 from shared import trace
 from shared.adapters.order_book import OrderBook
-from shared.adapters.outcomes import Locked, OutcomeStore
+from shared.adapters.outcomes import OutcomeStore
 from shared.adapters.redis_client import connect_redis
 from shared.clock import SystemClock
 from shared.domain import events
 from shared.domain.orders import OrderRecord
+from shared.ports import Locked
 from shared.protocol.payment import order_key
 from shared.settings import Settings
 from workers.__main__ import LOCK_TTL_MS, outcome_ttl_seconds

@@ -1,16 +1,147 @@
 """The ports: what the workers' and the sweeper's rules need from the world, each defined once.
 
-Adapters implement them (the platform's client `shared.platform.client.PlatformClient`, Kafka
-`workers.consumer.TopicSink` and the acks=all producer of `shared.adapters.kafka`); tests give
-doubles. The clock is `shared.clock.Clock`.
+Adapters implement them: the outcome ledger on Redis (`shared.adapters.outcomes.OutcomeStore`),
+the platform's client (`shared.platform.client.PlatformClient`), Kafka
+(`workers.consumer.TopicSink`, the acks=all producer of `shared.adapters.kafka`). Each port with
+state has an in-memory fake in `tests/support/fakes.py`, and one contract suite runs on both
+(`tests/contract/`), so the fake cannot drift from the adapter. The clock is
+`shared.clock.Clock`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from shared.domain.orders import OrderRecord
     from shared.protocol.models import OrderQueryAnswer
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedOutcome:
+    type: str
+    event_id: str
+    event: bytes  # the CloudEvent exactly as first decided: re-published as is, never recomputed
+    published: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """The outcome already decided for this payment."""
+
+    outcome: RecordedOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class Locked:
+    """The caller holds the lock; `record` is the merchant's record of the order (or None)."""
+
+    token: str
+    record: OrderRecord | None
+
+
+@dataclass(frozen=True, slots=True)
+class Busy:
+    """Another worker holds the lock."""
+
+
+class OutcomeLedger(Protocol):
+    """Per payment (its order key): a lock, a write-once outcome, the order record it settles;
+    and the durable retry set of deferred work."""
+
+    async def begin(
+        self, order_key: str, mch_id: str, record_order: str
+    ) -> Decided | Locked | Busy:
+        """The outcome if one is recorded; else the lock (with the merchant's record of
+        `mch_id:record_order`) if free; else Busy."""
+        ...
+
+    async def renew(self, order_key: str, token: str) -> bool:
+        """Extend the lock if `token` still holds it."""
+        ...
+
+    async def decide(
+        self,
+        order_key: str,
+        token: str,
+        *,
+        event_type: str,
+        event_id: str,
+        event: bytes,
+        decided_at: float,
+        settle_record: tuple[str, str] | None,
+    ) -> RecordedOutcome:
+        """Write the outcome unless one exists (write-once), settle `settle_record` (mch_id,
+        mch_order) with it, release the lock; return the outcome that stands."""
+        ...
+
+    async def defer(self, order_key: str, token: str | None, due: float, member: bytes) -> None:
+        """Put `member` in the retry set, due at `due`, then release the lock (if held)."""
+        ...
+
+    async def release(self, order_key: str, token: str) -> None:
+        """Free the lock if `token` holds it."""
+        ...
+
+    def note_published(self, order_key: str) -> None:
+        """This process published the payment's outcome; marked at the next flush."""
+        ...
+
+    def is_published(self, order_key: str, outcome: RecordedOutcome) -> bool:
+        """Marked published, or noted so by this process since the last flush."""
+        ...
+
+    async def flush_published(self) -> None:
+        """Mark every outcome noted published; before any commit of their messages."""
+        ...
+
+    async def mark_published(self, order_keys: Iterable[str]) -> None:
+        """Mark these outcomes published; one that expired meanwhile is not re-created."""
+        ...
+
+    async def claim_retries(self, now: float, lease: float, limit: int) -> list[bytes]:
+        """Up to `limit` retry members due at `now`, hidden from other claims for `lease`."""
+        ...
+
+    async def finish_retry(self, member: bytes) -> None:
+        """Remove a settled member from the retry set."""
+        ...
+
+
+class PublishedNotes:
+    """What this process published and has not yet marked (`OutcomeLedger.note_published`,
+    `is_published`, `flush_published`), over the ledger's own `mark_published`: one rule for
+    every ledger, its adapter and its fake."""
+
+    def __init__(self) -> None:
+        self._unmarked: set[str] = set()
+
+    async def mark_published(self, order_keys: Iterable[str]) -> None:
+        raise NotImplementedError
+
+    def note_published(self, order_key: str) -> None:
+        """This process published the payment's outcome (the broker acked it). The ledger
+        learns it at the next `flush_published`, which every commit of a consumed offset waits
+        for."""
+        self._unmarked.add(order_key)
+
+    def is_published(self, order_key: str, outcome: RecordedOutcome) -> bool:
+        """Whether `outcome` was published: marked in the ledger, or by this process since the
+        last flush (a duplicate arriving meanwhile is then not published again)."""
+        return outcome.published or order_key in self._unmarked
+
+    async def flush_published(self) -> None:
+        """Mark every outcome noted published so far. Call it before committing the offsets
+        of the messages that published them: a redelivery after the commit then finds them
+        marked. Raises what the ledger raises; the outcomes stay noted until it has them."""
+        keys = list(self._unmarked)
+        if not keys:
+            return
+        await self.mark_published(keys)
+        self._unmarked.difference_update(keys)
 
 
 class OrderQuery(Protocol):

@@ -42,9 +42,8 @@ if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
     from aiokafka.structs import ConsumerRecord
 
-    from shared.adapters.outcomes import OutcomeStore
     from shared.clock import Clock
-    from shared.ports import Sink
+    from shared.ports import OutcomeLedger, Sink
     from workers.keyed import KeyedRunner
 
 
@@ -115,7 +114,7 @@ class CallbackConsumer:
         runner: KeyedRunner,
         settle: Callable[[Work], Awaitable[Settlement]],
         *,
-        store: OutcomeStore,
+        store: OutcomeLedger,
         dlq: Sink,
         clock: Clock,
         stats: Counter[str],
@@ -304,7 +303,7 @@ class RetryPoller:
 
     def __init__(
         self,
-        store: OutcomeStore,
+        store: OutcomeLedger,
         runner: KeyedRunner,
         settle: Callable[[Work], Awaitable[Settlement]],
         *,

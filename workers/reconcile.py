@@ -28,7 +28,6 @@ from aiokafka.errors import KafkaError
 from shared.adapters.kafka import CallbackEnvelope, EnvelopeError
 from shared.adapters.order_book import CorruptRecordError
 from shared.adapters.outages import OUTAGES
-from shared.adapters.outcomes import Busy, Decided, Locked, OutcomeStore, RecordedOutcome
 from shared.domain.decision import (
     DEFAULT_REPLAY_WINDOW_S,
     DEFAULT_TRANSFER_TOLERANCE_LI,
@@ -45,6 +44,7 @@ from shared.domain.events import EventType, PaymentReconciled, encode, event_id
 from shared.domain.orders import OrderState
 from shared.logs import get_logger
 from shared.platform.retry import OUTAGE_BACKOFF
+from shared.ports import Busy, Decided, Locked, RecordedOutcome
 from shared.protocol.errors import (
     AnswerSignatureError,
     MalformedAnswer,
@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 
     from shared.clock import Clock
     from shared.merchants import Merchant
-    from shared.ports import OrderQuery, Sink
+    from shared.ports import OrderQuery, OutcomeLedger, Sink
 
 # Outcomes after which the order book stops chasing the order. `unconfirmed` leaves it pending
 # (the sweeper may still find a genuine payment); a repeat payment never touches its origin order.
@@ -203,7 +203,7 @@ def _report_fields(envelope: CallbackEnvelope) -> Mapping[str, str]:
 
 @dataclass
 class Reconciler:
-    store: OutcomeStore
+    store: OutcomeLedger
     platform: OrderQuery
     merchants: Mapping[str, Merchant]  # whose keys verify every envelope
     events: Sink

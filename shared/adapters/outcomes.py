@@ -20,20 +20,19 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from shared.adapters import redis_keys
 from shared.adapters.order_book import CorruptRecordError, decode_record, order_record_key
 from shared.adapters.redis_client import is_cluster
 from shared.adapters.schedules import ShardedSchedule
+from shared.ports import Busy, Decided, Locked, PublishedNotes, RecordedOutcome
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
     from redis.asyncio import Redis
 
-    from shared.domain.orders import OrderRecord
 
 outcome_key = redis_keys.outcome_key
 lock_key = redis_keys.lock_key
@@ -94,34 +93,6 @@ return 0
 """
 
 
-@dataclass(frozen=True, slots=True)
-class RecordedOutcome:
-    type: str
-    event_id: str
-    event: bytes  # the CloudEvent exactly as first decided: re-published as is, never recomputed
-    published: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Decided:
-    """The outcome already decided for this payment."""
-
-    outcome: RecordedOutcome
-
-
-@dataclass(frozen=True, slots=True)
-class Locked:
-    """The caller holds the lock; `record` is the merchant's record of the order (or None)."""
-
-    token: str
-    record: OrderRecord | None
-
-
-@dataclass(frozen=True, slots=True)
-class Busy:
-    """Another worker holds the lock."""
-
-
 def _hash(flat: Sequence[bytes]) -> dict[bytes | str, bytes | str]:
     return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
 
@@ -136,10 +107,12 @@ def _outcome(flat: Sequence[bytes]) -> RecordedOutcome:
     )
 
 
-class OutcomeStore:
-    """The scripts above, registered once on one client."""
+class OutcomeStore(PublishedNotes):
+    """The outcome ledger (shared.ports.OutcomeLedger) on Redis: the scripts above, registered
+    once on one client."""
 
     def __init__(self, redis: Redis, *, outcome_ttl_seconds: int, lock_ttl_ms: int) -> None:
+        super().__init__()
         self._redis = redis
         self._ttl = outcome_ttl_seconds
         self._lock_ttl_ms = lock_ttl_ms
@@ -150,8 +123,6 @@ class OutcomeStore:
         self.retries = ShardedSchedule(redis, redis_keys.retry_keys())
         self._renew = redis.register_script(_RENEW)
         self._mark = redis.register_script(_MARK_PUBLISHED)
-        # Outcomes this process published and has not yet marked in Redis (`flush_published`).
-        self._unmarked: set[str] = set()
 
     async def begin(
         self, order_key: str, mch_id: str, record_order: str
@@ -233,26 +204,6 @@ class OutcomeStore:
 
     async def release(self, order_key: str, token: str) -> None:
         await self._release(keys=[lock_key(order_key)], args=[token])
-
-    def note_published(self, order_key: str) -> None:
-        """This process published the payment's outcome (the broker acked it). Redis learns it at
-        the next `flush_published`, which every commit of a consumed offset waits for."""
-        self._unmarked.add(order_key)
-
-    def is_published(self, order_key: str, outcome: RecordedOutcome) -> bool:
-        """Whether `outcome` was published: marked in Redis, or by this process since the last
-        flush (a duplicate arriving meanwhile is then not published again)."""
-        return outcome.published or order_key in self._unmarked
-
-    async def flush_published(self) -> None:
-        """Mark in Redis every outcome noted published so far. Call it before committing the
-        offsets of the messages that published them: a redelivery after the commit then finds
-        them marked. Raises what Redis raises; the outcomes stay noted until Redis has them."""
-        keys = list(self._unmarked)
-        if not keys:
-            return
-        await self.mark_published(keys)
-        self._unmarked.difference_update(keys)
 
     async def mark_published(self, order_keys: Iterable[str]) -> None:
         """One round trip for a batch on one Redis (one per slot, a few at a time, on a

@@ -11,7 +11,7 @@ import contextlib
 import itertools
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import orjson
@@ -26,18 +26,20 @@ from shared.domain.decision import requery_schedule
 from shared.domain.orders import OrderRecord
 from shared.merchants import parse_merchants
 from shared.protocol.catalog import PayTypeCatalog
-from shared.protocol.errors import OrderNotFound, PlatformUnavailable
-from shared.protocol.models import OrderQueryAnswer
+from shared.protocol.errors import PlatformUnavailable
 from shared.protocol.payment import PaymentReport, PaymentStatus, report_fields
 from shared.protocol.signing import signed
 from shared.settings import Settings
 from tests.conftest import TEST_KEY
+from tests.support.fakes import ScriptedPlatform
 from tests.support.redis_db import open_redis, pending_index, retry_set
 from workers.consumer import TopicSink
 from workers.reconcile import Reconciler, Settlement, Work
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+
+    from shared.protocol.models import OrderQueryAnswer
 
 pytestmark = pytest.mark.integration
 
@@ -82,21 +84,6 @@ def work_for(r: PaymentReport, **kw) -> Work:
         source="notification",
     )
     return Work(envelope=envelope, origin=f"test@{next(_seq)}", **kw)
-
-
-@dataclass
-class ScriptedPlatform:
-    """Answers `query_order` from a dict: a report, an exception to raise, or 103."""
-
-    answers: dict[str, PaymentReport | Exception] = field(default_factory=dict)
-    calls: list[str] = field(default_factory=list)
-
-    async def query_order(self, mch_id: str, mch_order: str) -> OrderQueryAnswer:
-        self.calls.append(mch_order)
-        answer = self.answers.get(mch_order, OrderNotFound(103, "order not found"))
-        if isinstance(answer, Exception):
-            raise answer
-        return OrderQueryAnswer(report=answer, key_id="sha256:test", raw={})
 
 
 @pytest.fixture

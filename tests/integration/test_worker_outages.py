@@ -16,9 +16,10 @@ from aiokafka import AIOKafkaConsumer
 
 from devtools.stack.local import LocalStack, free_port
 from shared.adapters.kafka import CallbackEnvelope, start_producer
-from shared.adapters.outcomes import OutcomeStore, RecordedOutcome, outcome_key
+from shared.adapters.outcomes import OutcomeStore, outcome_key
 from shared.adapters.redis_client import SOCKET_TIMEOUT, connect_redis
 from shared.clock import SystemClock
+from shared.ports import RecordedOutcome
 from shared.settings import Settings
 from tests.support.redis_db import retry_set
 from workers.consumer import CallbackConsumer, RetryPoller, TopicSink
