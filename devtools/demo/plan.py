@@ -16,7 +16,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from shared.domain.events import EventType
-from shared.protocol.catalog import PayTypeCatalog
+from shared.protocol.catalog import DOCUMENTED_PAY_TYPES, PayTypeCatalog
 
 if TYPE_CHECKING:
     import random
@@ -27,7 +27,7 @@ PLAIN_PAY_TYPES: tuple[tuple[int, int], ...] = (
     (10, 30), (20, 25), (11, 6), (22, 6), (12, 5), (23, 4), (14, 2), (30, 3), (31, 2),
     (40, 3), (41, 2), (60, 3), (61, 3),
 )  # fmt: skip
-TRANSFER_PAY_TYPES = (42, 43, 44)
+TRANSFER_PAY_TYPES = tuple(p.code for p in DOCUMENTED_PAY_TYPES if p.transfer)
 # Prices in li (1 yuan = 1000 li).
 PRICES = (9_900, 19_900, 29_900, 49_000, 99_000, 128_000, 199_000, 299_000, 500_000, 1_000_000)
 PAID_AFTER = 3.0  # seconds before time scaling: the sandbox pays a plain order this long after

@@ -9,7 +9,13 @@ from __future__ import annotations
 import zlib
 from typing import TYPE_CHECKING
 
-from shared.protocol.catalog import ANSWER_CODES, ANSWER_OK, BANK_CODES
+from shared.protocol.catalog import (
+    ANSWER_CODES,
+    ANSWER_OK,
+    BANK_CODES,
+    DOCUMENTED_PAY_TYPES,
+    AnswerShape,
+)
 from shared.protocol.models import signature_fields
 from shared.protocol.signing import SIGN_FIELD, sign
 
@@ -18,9 +24,7 @@ if TYPE_CHECKING:
     from shared.protocol.signing import MerchantKey
 
 Pair = tuple[str, str | int]
-QR_PAY_TYPES = frozenset({2, 10, 14, 20, 31, 41})
-TRANSFER_PAY_TYPES = frozenset({42, 43, 44})
-ACCOUNT_PAY_TYPES = frozenset({60, 61, 62})
+_SHAPES = {p.code: p.answer for p in DOCUMENTED_PAY_TYPES}
 
 
 def error_answer(code: int, msg: str | None = None) -> tuple[Pair, ...]:
@@ -43,7 +47,8 @@ def _payment_fields(order: Order, checkout: str) -> list[Pair]:
     token = f"tok{order.created_at}{digest % 10**8:08d}"
     memo = f"M{digest % 10**6:06d}"
     fields: list[Pair]
-    if pay_type in TRANSFER_PAY_TYPES:
+    shape = _SHAPES.get(pay_type, AnswerShape.PAY_INFO)
+    if shape is AnswerShape.TRANSFER:
         # The document names the transfer memo `code` too: sent as a second `code` member.
         asked = order.scenario.transfer_amt or order.scenario.paid_amt or order.mch_amt
         fields = [
@@ -52,19 +57,19 @@ def _payment_fields(order: Order, checkout: str) -> list[Pair]:
             ("bank_name", BANK_CODES[1001 + digest % len(BANK_CODES)]),
             ("real_name", "Sandbox Payee"), ("code", memo),
         ]  # fmt: skip
-    elif pay_type in ACCOUNT_PAY_TYPES:
+    elif shape is AnswerShape.ACCOUNT:
         fields = [("code", memo), ("account", "sandbox-payee")]
-    elif pay_type in QR_PAY_TYPES:
+    elif shape in {AnswerShape.QR, AnswerShape.QR_REDIRECT}:
         fields = [("code_url", checkout), ("code_img_url", checkout + "&img=1")]
-        if pay_type == 20:
+        if shape is AnswerShape.QR_REDIRECT:
             fields.append(("redirect_pay_url", checkout))
-    elif pay_type == 12:
+    elif shape is AnswerShape.APP:
         fields = [("services", "pay.weixin.app"), ("token_id", token)]
-    elif pay_type == 3:
+    elif shape is AnswerShape.QUICK:
         fields = [("token_id", token)]
-    elif pay_type == 13:
+    elif shape is AnswerShape.JSAPI:
         fields = [("pay_info", '{"appId":"wxsandbox","package":"prepay_id=' + token + '"}')]
-    elif pay_type in {22, 40}:
+    elif shape is AnswerShape.PAY_URL:
         fields = [("pay_url", checkout)]
     else:
         fields = [("pay_info", checkout)]

@@ -47,7 +47,6 @@ MAX_TEXT = 255  # for text fields the document gives no length
 MAX_TIMESTAMP = 10**11  # Unix seconds far beyond year 5000; keeps garbage out
 _COORDINATE = re.compile(r"[+-]?[0-9]{1,3}(\.[0-9]{1,15})?")
 _RULES = {p.code: p for p in DOCUMENTED_PAY_TYPES}
-_QUICK_DIRECT = 3  # 快捷支付直连 also needs phone, card holder name and id card
 
 
 def _text(name: str, value: str, max_length: int = MAX_TEXT) -> str:
@@ -150,8 +149,8 @@ class CreateOrderRequest:
             needed.append("user_portrait_name")
         if rules.needs_bank_details:
             needed.append("bank_account")
-            if self.pay_type == _QUICK_DIRECT:
-                needed += ["bank_phone", "bank_user_name", "bank_id_card"]
+        if rules.needs_card_holder:  # 快捷支付直连: phone, card holder name and id card
+            needed += ["bank_phone", "bank_user_name", "bank_id_card"]
         for name in needed:
             if getattr(self, name) is None:
                 raise FieldError(name, f"is required for pay type {self.pay_type}")
