@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 from shared.adapters.kafka import CallbackEnvelope, EnvelopeError
 from shared.adapters.outages import OUTAGES, REDIS_OUTAGES
 from shared.logs import get_logger
-from shared.platform.retry import OUTAGE_BACKOFF
+from shared.platform.retry import OUTAGE_BACKOFF, wait_out
 from shared.protocol.payment import order_key
 from shared.trace import from_headers as trace_from_headers
 from shared.tracing import Spans
@@ -217,20 +217,15 @@ class CallbackConsumer:
 
     async def _undecodable(self, key: str, origin: str, raw: bytes, detail: str) -> None:
         now = self._clock.time()
-        retry = 0
-        while True:
-            try:
-                await publish_dead_letter(
-                    self._dlq, key, reason="undecodable", detail=detail, origin=origin,
-                    payload=raw, at=now,
-                )  # fmt: skip
-            except OUTAGES:
-                await self._clock.sleep(OUTAGE_BACKOFF.backoff(retry, random.random))
-                retry += 1
-            else:
-                self._stats["dead_lettered"] += 1
-                self._stats["dead_letter:undecodable"] += 1
-                return
+        await wait_out(
+            lambda: publish_dead_letter(
+                self._dlq, key, reason="undecodable", detail=detail, origin=origin,
+                payload=raw, at=now,
+            ),
+            errors=OUTAGES, clock=self._clock, random=random.random,
+        )  # fmt: skip
+        self._stats["dead_lettered"] += 1
+        self._stats["dead_letter:undecodable"] += 1
 
     async def commit(self, only: Iterable[TopicPartition] | None = None) -> None:
         positions: dict[TopicPartition, tuple[PartitionOffsets, int]] = {}
@@ -366,29 +361,19 @@ class RetryPoller:
 
     async def _corrupt(self, member: bytes, detail: str) -> None:
         now = self._clock.time()
-        retry = 0
-        while True:
-            try:
-                await publish_dead_letter(
-                    self._dlq, "retry-set", reason="corrupt_retry_entry", detail=detail,
-                    origin="retry-set", payload=member, at=now,
-                )  # fmt: skip
-            except OUTAGES:
-                await self._clock.sleep(OUTAGE_BACKOFF.backoff(retry, random.random))
-                retry += 1
-            else:
-                self._stats["dead_lettered"] += 1
-                self._stats["dead_letter:corrupt_retry_entry"] += 1
-                break
+        await wait_out(
+            lambda: publish_dead_letter(
+                self._dlq, "retry-set", reason="corrupt_retry_entry", detail=detail,
+                origin="retry-set", payload=member, at=now,
+            ),
+            errors=OUTAGES, clock=self._clock, random=random.random,
+        )  # fmt: skip
+        self._stats["dead_lettered"] += 1
+        self._stats["dead_letter:corrupt_retry_entry"] += 1
         await self._finish(member)
 
     async def _finish(self, member: bytes) -> None:
-        retry = 0
-        while True:
-            try:
-                await self._store.finish_retry(member)
-            except _REDIS_TROUBLE:
-                await self._clock.sleep(OUTAGE_BACKOFF.backoff(retry, random.random))
-                retry += 1
-            else:
-                return
+        await wait_out(
+            lambda: self._store.finish_retry(member),
+            errors=_REDIS_TROUBLE, clock=self._clock, random=random.random,
+        )  # fmt: skip

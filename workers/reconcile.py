@@ -43,7 +43,7 @@ from shared.domain.decision import (
 from shared.domain.events import EventType, PaymentReconciled, encode, event_id
 from shared.domain.orders import OrderState
 from shared.logs import get_logger
-from shared.platform.retry import OUTAGE_BACKOFF
+from shared.platform.retry import OUTAGE_BACKOFF, wait_out
 from shared.ports import Busy, Decided, Locked, RecordedOutcome
 from shared.protocol.errors import (
     AnswerSignatureError,
@@ -266,13 +266,10 @@ class Reconciler:
         self._log.exception("message_failed_unexpectedly", origin=work.origin, reason=reason)
         detail = f"{type(exc).__name__}: {str(exc)[:DETAIL_LIMIT]}".rstrip(": ")
         # Dead-lettering waits out a Kafka outage itself: the message is never dropped.
-        retry = 0
-        while True:
-            try:
-                return await self._dead_letter(work, reason, detail, None)
-            except _OUTAGES:
-                await self.clock.sleep(OUTAGE_BACKOFF.backoff(retry, self.random))
-                retry += 1
+        return await wait_out(
+            lambda: self._dead_letter(work, reason, detail, None),
+            errors=_OUTAGES, clock=self.clock, random=self.random,
+        )  # fmt: skip
 
     async def handle(self, work: Work) -> Settlement:  # noqa: PLR0911 - a return per way to settle
         envelope = work.envelope
