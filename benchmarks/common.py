@@ -31,6 +31,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from devtools.stack.local import KAFKA_VERSION, LocalStack, cache_dir, free_port
+from devtools.stats import percentile
 from shared.adapters.kafka import SOURCE_NOTIFICATION, CallbackEnvelope, start_producer
 from shared.merchants import load_merchants
 from shared.protocol.payment import PaymentReport, PaymentStatus, report_fields
@@ -288,25 +289,20 @@ class CpuMonitor:
 # --- statistics and output ----------------------------------------------------------------
 
 
-def percentile(values: Sequence[float], p: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
-    return ordered[rank]
-
-
 def latency_summary_ms(seconds: Sequence[float]) -> dict[str, float | None]:
-    def ms(value: float | None) -> float | None:
-        return None if value is None else round(value * 1000, 2)
+    """Nearest-rank percentiles (devtools.stats, as the demo's report) in milliseconds."""
+    ordered = sorted(seconds)
+
+    def ms(share: float) -> float | None:
+        return round(percentile(ordered, share) * 1000, 2) if ordered else None
 
     return {
-        "count": len(seconds),
-        "p50_ms": ms(percentile(seconds, 50)),
-        "p90_ms": ms(percentile(seconds, 90)),
-        "p99_ms": ms(percentile(seconds, 99)),
-        "p999_ms": ms(percentile(seconds, 99.9)),
-        "max_ms": ms(max(seconds) if seconds else None),
+        "count": len(ordered),
+        "p50_ms": ms(0.50),
+        "p90_ms": ms(0.90),
+        "p99_ms": ms(0.99),
+        "p999_ms": ms(0.999),
+        "max_ms": ms(1.0),
     }
 
 

@@ -9,13 +9,13 @@ Kafka timestamp).
 
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from devtools.demo.plan import TRANSFER_PAY_TYPES, Mess, PlannedOrder, order_prefix
+from devtools.stats import percentile
 from shared.domain.events import EventType
 
 if TYPE_CHECKING:
@@ -259,12 +259,6 @@ class Summary:
             "interrupted": self.interrupted,
             "ok": self.ok,
         }
-
-
-def percentile(ordered: Sequence[float], share: float) -> float:
-    """Nearest-rank percentile of an ascending sequence (not empty)."""
-    rank = max(1, math.ceil(share * len(ordered)))
-    return ordered[rank - 1]
 
 
 def latency(values: Iterable[float]) -> Latency | None:
