@@ -32,7 +32,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from devtools.stack.local import KAFKA_VERSION, LocalStack, cache_dir, free_port
 from devtools.stats import percentile
-from shared.adapters.kafka import SOURCE_NOTIFICATION, CallbackEnvelope, start_producer
+from shared.adapters.kafka import CallbackEnvelope, start_producer
+from shared.domain.events import SOURCE_NOTIFICATION
 from shared.merchants import load_merchants
 from shared.protocol.payment import PaymentReport, PaymentStatus, report_fields
 from shared.protocol.signing import signed

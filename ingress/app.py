@@ -28,7 +28,6 @@ from ingress.publisher import Publisher
 from ingress.refusals import Reason, Refusal
 from ingress.verification import Verifier
 from shared.adapters.kafka import (
-    SOURCE_NOTIFICATION,
     CallbackEnvelope,
     start_admin,
     start_producer,
@@ -38,6 +37,7 @@ from shared.adapters.outages import KAFKA_OUTAGES
 from shared.adapters.parked import ParkedNotifications
 from shared.adapters.redis_client import connect_redis
 from shared.clock import Clock, SystemClock
+from shared.domain.events import SOURCE_NOTIFICATION
 from shared.logs import BoundLogger, get_logger
 from shared.merchants import LiveMerchants
 from shared.merchants_reload import watching

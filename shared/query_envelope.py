@@ -8,15 +8,14 @@ fields kept are exactly the ones the platform's signature covers: the answer's o
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 from shared.adapters.kafka import CallbackEnvelope
+from shared.domain.events import SOURCE_QUERY
 from shared.protocol.models import ENVELOPE_FIELDS
 
 if TYPE_CHECKING:
     from shared.protocol.models import ReportAnswer
-
-SOURCE_QUERY: Final = "query"  # the envelope's `source` for reports found by asking
 
 
 def query_envelope(

@@ -40,7 +40,15 @@ from shared.domain.decision import (
     is_stale,
     record_order,
 )
-from shared.domain.events import EventType, PaymentReconciled, encode, event_id
+from shared.domain.events import (
+    SOURCE_NOTIFICATION,
+    SOURCE_QUERY,
+    EventType,
+    PaymentReconciled,
+    encode,
+    event_id,
+    source_of,
+)
 from shared.domain.orders import OrderState
 from shared.logs import get_logger
 from shared.platform.retry import OUTAGE_BACKOFF, wait_out
@@ -76,8 +84,6 @@ _SUSPECT_ANSWERS = (AnswerSignatureError, MalformedAnswer)
 # A service being away: waited out, never a reason to drop the message or stop the worker.
 # Narrower than RedisError/KafkaError: WRONGTYPE or a message too large never go away by waiting.
 _OUTAGES = OUTAGES
-# Envelope sources whose report the platform signed with the merchant's key.
-_SOURCES = frozenset({"notification", "query"})
 DETAIL_LIMIT = 200  # characters of an unexpected error's message kept in its dead letter
 
 
@@ -196,7 +202,7 @@ def _report_fields(envelope: CallbackEnvelope) -> Mapping[str, str]:
     """The report's fields of a verified envelope. A query answer's `code` and `msg` may be signed
     (PAYNOTIFY_ANSWER_SIGN_INCLUDES_ENVELOPE), and are then forwarded with the report; they are
     the answer's, not the report's."""
-    if envelope.source != "query":
+    if envelope.source != SOURCE_QUERY:
         return envelope.fields
     return {k: v for k, v in envelope.fields.items() if k not in ENVELOPE_FIELDS}
 
@@ -311,7 +317,7 @@ class Reconciler:
             self._log.info("replay_of_settled_order", **order_fields(report.order_key))
             return "decided"
         # The sweeper's query-sourced reports are the platform's word now, whatever their age.
-        if work.envelope.source == "notification" and is_stale(
+        if work.envelope.source == SOURCE_NOTIFICATION and is_stale(
             report, now=self.clock.time(), window=self.replay_window
         ):
             self.stats["stale"] += 1
@@ -325,8 +331,11 @@ class Reconciler:
         message would otherwise decide the payment (write-once) before the genuine one arrives.
         """
         envelope = work.envelope
-        if envelope.source not in _SOURCES:
-            raise _Refused("unknown_source", f"envelope source {envelope.source!r} is not known")
+        try:  # both sources' reports are signed by the platform with the merchant's key
+            source_of(envelope.source)
+        except ValueError:
+            detail = f"envelope source {envelope.source!r} is not known"
+            raise _Refused("unknown_source", detail) from None
         merchant = self.merchants.get(envelope.fields.get("mch_id", ""))
         if merchant is None:
             raise _Refused("unknown_merchant", "the envelope's merchant is not configured")
@@ -383,7 +392,7 @@ class Reconciler:
 
         notice = Notice(
             report=report,
-            source="query" if work.envelope.source == "query" else "notification",
+            source=source_of(work.envelope.source),
             delivery_ids=(work.envelope.delivery_id,),
             key_id=key_id,
         )

@@ -116,9 +116,6 @@ async def start_when_available(
         return None
 
 
-SOURCE_NOTIFICATION: Final = "notification"  # posted by the platform to the ingress
-
-
 class EnvelopeError(ValueError):
     """A callbacks message that does not have the envelope's shape."""
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from shared.domain.events import (
+    SOURCE_NOTIFICATION,
     AnswerStatus,
     EventType,
     OrderExpired,
@@ -36,6 +37,7 @@ from shared.domain.events import (
     Reason,
     Source,
     Value,
+    source_of,
 )
 from shared.domain.orders import OrderState
 from shared.protocol.catalog import DOCUMENTED_PAY_TYPES
@@ -75,13 +77,12 @@ class Notice:
     sweeper's query; `delivery_ids` and `key_id` are carried into the event as its basis."""
 
     report: PaymentReport
-    source: Source = "notification"
+    source: Source = SOURCE_NOTIFICATION
     delivery_ids: tuple[str, ...] = ()
     key_id: str | None = None  # the merchant key that verified the report
 
     def __post_init__(self) -> None:
-        if self.source not in ("notification", "query"):
-            raise ValueError("source must be 'notification' or 'query'")
+        source_of(self.source)  # ValueError for anything else
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, get_args
 
 import orjson
 
@@ -21,7 +21,23 @@ from shared.protocol.payment import order_key
 if TYPE_CHECKING:
     from shared.trace import TraceParent
 
-Source = Literal["notification", "query"]  # a platform notification, or the sweeper's query
+# Where a payment report came from: the platform's notification (posted to the ingress), or
+# the platform's answer to the sweeper's order query. Decided here only.
+Source = Literal["notification", "query"]
+SOURCE_NOTIFICATION: Final = "notification"
+SOURCE_QUERY: Final = "query"
+SOURCES: Final = frozenset(get_args(Source))
+
+
+def source_of(text: str) -> Source:
+    """`text` as a Source, or ValueError (an envelope's `source` comes from Kafka: untrusted)."""
+    if text == SOURCE_NOTIFICATION:
+        return SOURCE_NOTIFICATION
+    if text == SOURCE_QUERY:
+        return SOURCE_QUERY
+    raise ValueError(f"source {text[:40]!r} is not one of {sorted(SOURCES)}")
+
+
 Value = int | str | None  # a platform field's value, as `expected` reports it
 
 

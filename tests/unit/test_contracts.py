@@ -34,7 +34,7 @@ from ingress.app import Ingress
 from ingress.counters import IngressCounters
 from ingress.refusals import Reason as Refused
 from ingress.verification import Verifier
-from shared.adapters.kafka import SOURCE_NOTIFICATION, CallbackEnvelope
+from shared.adapters.kafka import CallbackEnvelope
 from shared.adapters.order_book import CorruptRecordError
 from shared.clock import ManualClock
 from shared.domain.decision import (
@@ -44,7 +44,15 @@ from shared.domain.decision import (
     decide_expiry,
     requery_schedule,
 )
-from shared.domain.events import EventType, Outcome, PaymentReconciled, encode
+from shared.domain.events import (
+    SOURCE_NOTIFICATION,
+    SOURCE_QUERY,
+    SOURCES,
+    EventType,
+    Outcome,
+    PaymentReconciled,
+    encode,
+)
 from shared.domain.orders import OrderRecord
 from shared.domain.sweep import ExpireOrder, SweepSchedule
 from shared.logs import get_logger
@@ -54,11 +62,10 @@ from shared.protocol.catalog import PayTypeCatalog
 from shared.protocol.models import OrderQueryAnswer
 from shared.protocol.payment import PaymentReport, PaymentStatus, parse_payment_report
 from shared.protocol.signing import MerchantKey, signed
-from shared.query_envelope import SOURCE_QUERY, query_envelope
+from shared.query_envelope import query_envelope
 from shared.settings import Settings
 from shared.trace import HEADER as TRACE_HEADER
 from shared.trace import start
-from workers import reconcile
 from workers.orders_consumer import (
     PAY_TYPES,
     OrderMessageError,
@@ -222,7 +229,7 @@ def parse_example(example: Example) -> None:
         )  # fmt: skip
     elif name == "CallbackEnvelope":
         envelope = CallbackEnvelope.decode(value)
-        assert envelope.source in reconcile._SOURCES
+        assert envelope.source in SOURCES
         parse_payment_report(envelope.fields, DOCUMENTED_PAY_TYPES)  # the report in it is valid
     elif name == "DeadLetter":
         letter = parse_dead_letter(Position("paynotify.dlq", 0, 0), None, value)
@@ -623,7 +630,7 @@ def test_the_documented_sources_are_the_ones_the_workers_take() -> None:
     """CallbackEnvelope's `source` enum is what the workers settle (others are dead-lettered as
     `unknown_source`), and both producers' sources are in it."""
     documented = set(payload_schema("CallbackEnvelope")["properties"]["source"]["enum"])
-    assert documented == set(reconcile._SOURCES) == {SOURCE_NOTIFICATION, SOURCE_QUERY}
+    assert documented == set(SOURCES) == {SOURCE_NOTIFICATION, SOURCE_QUERY}
     envelope_ = query_envelope(
         OrderQueryAnswer(report=report(), key_id="sha256:k", raw=notification()),
         received_at=NOW, delivery_id="0" * 32, answer_sign_includes_envelope=False,

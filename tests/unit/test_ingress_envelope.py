@@ -6,12 +6,12 @@ import orjson
 import pytest
 
 from shared.adapters.kafka import (
-    SOURCE_NOTIFICATION,
     CallbackEnvelope,
     EnvelopeError,
     encode_key,
     encode_value,
 )
+from shared.domain.events import SOURCE_NOTIFICATION
 
 pytestmark = pytest.mark.unit
 
