@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from shared.domain.decision import QueryAnswer
     from shared.domain.events import OrderExpired
     from shared.domain.orders import OrderRecord
-    from shared.protocol.payment import PaymentReport
 
 # The first query waits for the platform's first five tries (60 s after creation) plus a margin
 # for their delivery, so an order whose notifications work is settled before it is ever queried.
@@ -121,11 +120,10 @@ class CheckAgain:
 
 @dataclass(frozen=True, slots=True)
 class ForwardPaid:
-    """The platform says paid: hand `report` to the workers as a query-sourced message; the order
-    stays pending until they settle it, and is looked at again at `due` in case the message is
-    lost."""
+    """The platform says paid: hand its answer (every field its signature covers) to the
+    workers as a query-sourced message; the order stays pending until they settle it, and is
+    looked at again at `due` in case the message is lost."""
 
-    report: PaymentReport
     due: float
 
 
@@ -160,8 +158,8 @@ def after_answer(
     due = schedule.next_due(record.created_at, now)
     if found is not None and found.paid:
         if due is None:  # paid, found at or after expiry: keep forwarding at the widest gap
-            return ForwardPaid(report=found, due=now + schedule.max_gap)
-        return ForwardPaid(report=found, due=max(due, now + schedule.settle_gap))
+            return ForwardPaid(due=now + schedule.max_gap)
+        return ForwardPaid(due=max(due, now + schedule.settle_gap))
     if due is not None:
         return CheckAgain(due=due)
     expired = decide_expiry(record, answer)
