@@ -365,7 +365,7 @@ def merchant() -> Any:
 def notification_form(mch_id: str, key: Any, mch_order: str, at: int) -> dict[str, str]:
     """The signed form the platform would POST for a paid order (as the sandbox builds it)."""
     report = PaymentReport(
-        mch_id=mch_id, service=PAY_TYPE, mch_order=mch_order, amt=ORDER_AMOUNT,
+        mch_id=mch_id, pay_type=PAY_TYPE, mch_order=mch_order, amt=ORDER_AMOUNT,
         mch_amt=ORDER_AMOUNT, amt_type="cny", status=PaymentStatus.PAID, created_at=at,
         success_at=at, origin_order=None, call=None, sign_type="md5",
     )  # fmt: skip

@@ -82,7 +82,7 @@ def report_answer(
     """The order's report, answered at `now` and signed with `key` (a wrong one to forge)."""
     report = order.report(created_at=now)
     body: list[Pair] = [
-        ("sign_type", report.sign_type), ("mch_id", report.mch_id), ("service", report.service),
+        ("sign_type", report.sign_type), ("mch_id", report.mch_id), ("service", report.pay_type),
         ("mch_order", report.mch_order), ("amt", report.amt), ("mch_amt", report.mch_amt),
         ("amt_type", report.amt_type), ("status", int(report.status)),
         ("created_at", report.created_at),

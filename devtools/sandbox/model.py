@@ -256,7 +256,7 @@ class Order:
         """The notification / query fields; `created_at` is the platform's time of saying it."""
         return PaymentReport(
             mch_id=self.mch_id,
-            service=self.pay_type,
+            pay_type=self.pay_type,
             mch_order=self.mch_order,
             amt=self.mch_amt if self.amt is None else self.amt,
             mch_amt=self.mch_amt,

@@ -64,7 +64,7 @@ COMPARED_FIELDS: tuple[tuple[str, str], ...] = (
     ("mch_id", "mch_id"),
     ("mch_order", "mch_order"),
     ("origin_order", "origin_order"),
-    ("service", "pay_type"),
+    ("pay_type", "pay_type"),
     ("amt", "amt"),
     ("mch_amt", "mch_amt"),
     ("amt_type", "amt_type"),
@@ -203,7 +203,7 @@ class _AmountRules(NamedTuple):
     def expected_amt(self, report: PaymentReport, record: OrderRecord | None) -> int | None:
         """None when `report.amt` is what the order asked for, else the sum to report as
         expected. The record's pay type (else the report's, without a record) picks the rule."""
-        pay_type = record.pay_type if record is not None else report.service
+        pay_type = record.pay_type if record is not None else report.pay_type
         if pay_type not in self.transfer_pay_types:
             return None if report.amt == report.mch_amt else report.mch_amt
         asked = record.transfer_amt if record is not None else None
@@ -242,7 +242,7 @@ def _verdict(  # noqa: PLR0911 - one return per rule of the module docstring
             Reason.RECORD_AMOUNT_DIFFERS,
             (("mch_amt", record.amt),),
         )
-    elif record.pay_type != report.service:
+    elif record.pay_type != report.pay_type:
         return _Verdict(
             EventType.PAYMENT_AMOUNT_MISMATCHED,
             Reason.PAY_TYPE_DIFFERS,
@@ -282,7 +282,7 @@ def _outcome(
         mch_id=report.mch_id,
         mch_order=report.mch_order,
         origin_order=report.origin_order,
-        pay_type=report.service,
+        pay_type=report.pay_type,
         amt=report.amt,
         mch_amt=report.mch_amt,
         amt_type=report.amt_type,

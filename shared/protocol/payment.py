@@ -36,7 +36,7 @@ MAX_AMOUNT_LI = 10**15  # a trillion yuan: far above any payment, far below int6
 @dataclass(frozen=True, slots=True)
 class PaymentReport:
     mch_id: str
-    service: int  # pay type
+    pay_type: int  # the report's `service` field
     mch_order: str
     amt: int  # li actually paid
     mch_amt: int  # li the merchant asked for
@@ -100,7 +100,7 @@ def parse_payment_report(fields: Mapping[str, str], pay_types: Container[int]) -
     )
     return PaymentReport(
         mch_id=check_text("mch_id", fields["mch_id"], max_length=32, signed=True),
-        service=service,
+        pay_type=service,
         mch_order=check_text("mch_order", fields["mch_order"], max_length=50, signed=True),
         amt=parse_int("amt", fields["amt"], maximum=MAX_AMOUNT_LI),
         mch_amt=parse_int("mch_amt", fields["mch_amt"], maximum=MAX_AMOUNT_LI),
@@ -121,7 +121,7 @@ def report_fields(report: PaymentReport) -> dict[str, str]:
     """The report as the platform's form fields (without `sign`), empty optionals left out."""
     form = {
         "mch_id": report.mch_id,
-        "service": str(report.service),
+        "service": str(report.pay_type),
         "mch_order": report.mch_order,
         "amt": str(report.amt),
         "mch_amt": str(report.mch_amt),

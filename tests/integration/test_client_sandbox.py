@@ -511,7 +511,7 @@ async def test_quick_pay_confirm_pays_and_notifies(
     _, form = receiver.arrivals[request.mch_order][0]
     assert verify(form, merchant.keys) == merchant.signing_key
     report = parse_payment_report(form, PAY_TYPES)
-    assert (report.service, report.amt, report.call) == (3, request.amt, request.call)
+    assert (report.pay_type, report.amt, report.call) == (3, request.amt, request.call)
 
 
 @pytest.mark.parametrize("codes", [[113], [114], [113, 114, 113]])

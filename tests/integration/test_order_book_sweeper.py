@@ -81,7 +81,7 @@ class ScriptedPlatform:
                 raise RuntimeError("a bug in the client")
             paid = state == "paid"
             report = PaymentReport(
-                mch_id=mch_id, service=10, mch_order=mch_order, amt=10_000, mch_amt=10_000,
+                mch_id=mch_id, pay_type=10, mch_order=mch_order, amt=10_000, mch_amt=10_000,
                 amt_type="cny", status=PaymentStatus.PAID if paid else PaymentStatus.UNPAID,
                 created_at=int(time.time()), success_at=int(time.time()) if paid else None,
                 origin_order=None, call=None, sign_type="md5",

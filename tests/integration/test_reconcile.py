@@ -60,7 +60,7 @@ def report(
     paid_at = extra.pop("success_at", int(time.time()) - 60)  # inside the replay window
     return PaymentReport(
         mch_id=MCH,
-        service=extra.pop("service", 10),
+        pay_type=extra.pop("pay_type", 10),
         mch_order=order,
         amt=amt,
         mch_amt=mch_amt,

@@ -134,7 +134,7 @@ async def env(kafka_bootstrap: str, redis_url: str) -> AsyncIterator[Env]:
 def _report(order: str, *, paid: bool = True) -> PaymentReport:
     now = int(time.time())
     return PaymentReport(
-        mch_id=TEST_MCH_ID, service=10, mch_order=order, amt=1000, mch_amt=1000, amt_type="cny",
+        mch_id=TEST_MCH_ID, pay_type=10, mch_order=order, amt=1000, mch_amt=1000, amt_type="cny",
         status=PaymentStatus.PAID if paid else PaymentStatus.UNPAID, created_at=now - 120,
         success_at=now - 60 if paid else None, origin_order=None, call=None, sign_type="md5",
     )  # fmt: skip

@@ -70,7 +70,7 @@ class Platform:
             raise ParameterCheckFailed(101, "sign error")
         now = int(time.time())
         report = PaymentReport(
-            mch_id=mch_id, service=10, mch_order=mch_order, amt=10_000, mch_amt=10_000,
+            mch_id=mch_id, pay_type=10, mch_order=mch_order, amt=10_000, mch_amt=10_000,
             amt_type="cny", status=PaymentStatus.PAID, created_at=now, success_at=now,
             origin_order=None, call=None, sign_type="md5",
         )  # fmt: skip

@@ -186,4 +186,4 @@ def test_signed_reports_with_any_field(name: str, value: str, extra: list[Any]) 
     assert 0 <= report.amt <= 10**15
     assert 0 <= report.mch_amt <= 10**15
     assert report.status in {1, 2}
-    assert report.service in PAY_TYPES
+    assert report.pay_type in PAY_TYPES

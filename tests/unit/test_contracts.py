@@ -425,7 +425,7 @@ async def test_an_audit_record_without_a_form_has_no_key() -> None:
 def report(**changes: Any) -> PaymentReport:
     return replace(
         PaymentReport(
-            mch_id=MCH_ID, service=10, mch_order=ORDER, amt=100_000, mch_amt=100_000,
+            mch_id=MCH_ID, pay_type=10, mch_order=ORDER, amt=100_000, mch_amt=100_000,
             amt_type="cny", status=PaymentStatus.PAID, created_at=1_795_766_400,
             success_at=1_795_766_461, origin_order=None, call=None, sign_type="md5",
         ),

@@ -64,7 +64,7 @@ def make_report(
 ) -> PaymentReport:
     return PaymentReport(
         mch_id=MCH_ID,
-        service=service,
+        pay_type=service,
         mch_order=UPSTREAM_ORDER if repeat else ORDER,
         amt=mch_amt if amt is None else amt,
         mch_amt=mch_amt,
@@ -218,7 +218,7 @@ def test_every_combination_decides_as_the_table_says(case: Case) -> None:
     assert (outcome.amt, outcome.mch_amt, outcome.pay_type) == (
         report.amt,
         report.mch_amt,
-        report.service,
+        report.pay_type,
     )
     assert outcome.requeries == case.requeries
     assert outcome.delivery_ids == ("d-1", "d-2")
@@ -414,7 +414,7 @@ def test_another_sum_than_asked_is_a_mismatch_when_not_a_transfer() -> None:
     [
         ("amt", ASKED - 1, ("amt", ASKED - 1)),
         ("mch_amt", ASKED + 1, ("mch_amt", ASKED + 1)),
-        ("service", 20, ("pay_type", 20)),
+        ("pay_type", 20, ("pay_type", 20)),
         ("mch_id", "other-merchant", ("mch_id", "other-merchant")),
         ("amt_type", "usd", ("amt_type", "usd")),
         ("origin_order", "ORD-OTHER", ("origin_order", "ORD-OTHER")),
@@ -585,7 +585,7 @@ def reports(draw: st.DrawFn) -> PaymentReport:
     status = draw(st.sampled_from(PaymentStatus))
     return PaymentReport(
         mch_id=draw(st.sampled_from([MCH_ID, "m2otherco"])),
-        service=draw(PAY_TYPES),
+        pay_type=draw(PAY_TYPES),
         mch_order=UPSTREAM_ORDER if repeat else draw(ORDERS),
         amt=draw(AMOUNTS),
         mch_amt=draw(AMOUNTS),
@@ -639,14 +639,14 @@ def test_success_is_never_decided_unless_confirmed_and_amounts_agree(
     assert report.paid
     assert answer is not None
     assert answer.paid
-    for field in ("mch_id", "mch_order", "origin_order", "service", "amt", "mch_amt", "amt_type"):
+    for field in ("mch_id", "mch_order", "origin_order", "pay_type", "amt", "mch_amt", "amt_type"):
         assert getattr(answer, field) == getattr(report, field)
     if record is None:
         assert policy == "optional"
     else:
         assert record.amt == report.mch_amt
-        assert record.pay_type == report.service
-    if report.service in TRANSFER_PAY_TYPES:  # never underpaid, never far above
+        assert record.pay_type == report.pay_type
+    if report.pay_type in TRANSFER_PAY_TYPES:  # never underpaid, never far above
         assert report.mch_amt <= report.amt <= report.mch_amt + DEFAULT_TRANSFER_TOLERANCE_LI
     else:
         assert report.amt == report.mch_amt

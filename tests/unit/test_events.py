@@ -78,7 +78,7 @@ def make_report(
 ) -> PaymentReport:
     return PaymentReport(
         mch_id=MCH_ID,
-        service=service,
+        pay_type=service,
         mch_order=UPSTREAM_ORDER if repeat else ORDER,
         amt=amt,
         mch_amt=ASKED,
@@ -348,7 +348,7 @@ def outcomes(draw: st.DrawFn) -> Outcome:
         st.none()
         | st.just(report)
         | st.builds(replace, st.just(report), status=st.sampled_from(PaymentStatus))
-        | st.builds(replace, st.just(report), amt=AMOUNTS, service=st.sampled_from([10, 43]))
+        | st.builds(replace, st.just(report), amt=AMOUNTS, pay_type=st.sampled_from([10, 43]))
     )
     record = draw(
         st.none()

@@ -274,7 +274,7 @@ def test_the_progress_bar_is_drawn_only_on_a_terminal() -> None:
 def test_a_query_envelope_keeps_exactly_the_signed_fields() -> None:
     """As the sweeper forwards: `code` and `msg` left out unless the platform signs them."""
     report = PaymentReport(
-        mch_id="m1", service=10, mch_order="o1", amt=1, mch_amt=1, amt_type="cny",
+        mch_id="m1", pay_type=10, mch_order="o1", amt=1, mch_amt=1, amt_type="cny",
         status=PaymentStatus.PAID, created_at=1, success_at=2, origin_order=None, call=None,
         sign_type="md5",
     )  # fmt: skip

@@ -88,7 +88,7 @@ def report(
 ) -> PaymentReport:
     return PaymentReport(
         mch_id=MCH,
-        service=10,
+        pay_type=10,
         mch_order=order,
         amt=amt,
         mch_amt=1000,

@@ -51,7 +51,7 @@ def _report(status: PaymentStatus, mch_order: str = "o-1") -> PaymentReport:
     paid = status is PaymentStatus.PAID
     return PaymentReport(
         mch_id="m1",
-        service=10,
+        pay_type=10,
         mch_order=mch_order,
         amt=10_000,
         mch_amt=10_000,
