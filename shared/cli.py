@@ -41,7 +41,7 @@ _HANDLERS = {
     "ingress": "ingress.__main__:main",
     "worker": "workers.__main__:main",
     "sweeper": "workers.sweeper_main:main",
-    "topics": "shared.adapters.topics:main",
+    "topics": "shared.adapters.topic_admin:main",
     "status": "shared.ops.status:main",
     "dlq": "shared.ops.dlq:main",
     "replay": "shared.ops.replay:main",

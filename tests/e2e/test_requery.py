@@ -21,7 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from devtools.sandbox.model import SandboxConfig
 from devtools.sandbox.server import build_app
 from shared.adapters.order_book import OrderBook
-from shared.adapters.topics import ensure_topics
+from shared.adapters.topic_admin import ensure_topics
 from shared.cli import _parser
 from shared.clock import SystemClock
 from shared.domain.orders import OrderRecord, OrderState

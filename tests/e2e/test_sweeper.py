@@ -29,7 +29,7 @@ from devtools.sandbox.server import build_app
 from shared import topics
 from shared.adapters.kafka import CallbackEnvelope, start_producer
 from shared.adapters.order_book import OrderBook, order_record_key
-from shared.adapters.topics import ensure_topics
+from shared.adapters.topic_admin import ensure_topics
 from shared.clock import SystemClock
 from shared.domain.orders import OrderRecord, OrderState
 from shared.domain.sweep import SweepSchedule

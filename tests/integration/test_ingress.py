@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from ingress.app import INGRESS, build_app
 from shared.adapters.kafka import CallbackEnvelope, start_admin
-from shared.adapters.topics import ensure_topics
+from shared.adapters.topic_admin import ensure_topics
 from shared.merchants import LiveMerchants, parse_merchants
 from shared.protocol.signing import MerchantKey, signed
 from shared.settings import Settings

@@ -31,7 +31,7 @@ from devtools.stack.local import free_port
 from ingress.__main__ import serve
 from ingress.app import INGRESS, build_app
 from shared.adapters.kafka import start_admin
-from shared.adapters.topics import ensure_topics
+from shared.adapters.topic_admin import ensure_topics
 from shared.logs import _Formatter, get_logger
 from shared.merchants import parse_merchants
 from shared.settings import Settings

@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer
 from devtools.stack.local import LocalStack, free_port
 from ingress.__main__ import serve
 from ingress.app import INGRESS, SERVER_HEADER, build_app
-from shared.adapters.topics import ensure_topics
+from shared.adapters.topic_admin import ensure_topics
 from shared.clock import ManualClock
 from shared.logs import get_logger
 from shared.merchants import parse_merchants

@@ -37,7 +37,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from devtools.stack.local import free_port
-from shared.adapters.topics import ensure_topics
+from shared.adapters.topic_admin import ensure_topics
 from shared.settings import Settings
 
 if TYPE_CHECKING:

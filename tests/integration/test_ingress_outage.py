@@ -24,7 +24,7 @@ from shared.adapters.kafka import CallbackEnvelope, start_producer, start_when_a
 from shared.adapters.order_book import OrderBook
 from shared.adapters.parked import PARKED_KEY, ParkedNotifications
 from shared.adapters.redis_lock import Locks
-from shared.adapters.topics import ensure_topics
+from shared.adapters.topic_admin import ensure_topics
 from shared.clock import SystemClock
 from shared.domain.sweep import SweepSchedule
 from shared.logs import get_logger

@@ -21,7 +21,7 @@ from shared.adapters.kafka import CallbackEnvelope, start_producer
 from shared.adapters.order_book import SWEEPER_LEASE_KEY, OrderBook
 from shared.adapters.redis_client import connect_redis
 from shared.adapters.redis_lock import Locks
-from shared.adapters.topics import ensure_topics
+from shared.adapters.topic_admin import ensure_topics
 from shared.clock import SystemClock
 from shared.domain.orders import OrderRecord
 from shared.domain.sweep import SweepSchedule

@@ -24,7 +24,7 @@ from shared.adapters.kafka import CallbackEnvelope, start_producer
 from shared.adapters.order_book import SWEEPER_LEASE_KEY, OrderBook, SweepMark
 from shared.adapters.outcomes import OutcomeStore, outcome_key
 from shared.adapters.redis_lock import Locks
-from shared.adapters.topics import ensure_topics
+from shared.adapters.topic_admin import ensure_topics
 from shared.cli import _parser
 from shared.clock import SystemClock
 from shared.domain.decision import requery_schedule

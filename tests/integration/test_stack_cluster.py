@@ -16,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from devtools.stack.local import LocalStack, free_port
-from shared.adapters.topics import TopicsError, ensure_topics
+from shared.adapters.topic_admin import TopicsError, ensure_topics
 from shared.settings import Settings
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from shared import topics
-from shared.adapters.topics import ensure_topics
+from shared.adapters.topic_admin import ensure_topics
 from shared.settings import Settings
 
 pytestmark = pytest.mark.integration

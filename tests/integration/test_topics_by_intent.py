@@ -16,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from devtools.stack.local import free_port
 from ingress.__main__ import serve
 from ingress.app import build_app
-from shared.adapters.topics import ensure_topics, short_topics
+from shared.adapters.topic_admin import ensure_topics, short_topics
 from shared.logs import get_logger
 from shared.merchants import parse_merchants
 from shared.protocol.signing import signed

@@ -16,7 +16,7 @@ import pytest
 from devtools.stack.local import LocalStack, free_port
 from devtools.stack.pipeline import ServiceProcess
 from shared.adapters.kafka import CallbackEnvelope, start_producer
-from shared.adapters.topics import ensure_topics
+from shared.adapters.topic_admin import ensure_topics
 from shared.settings import Settings
 from workers.__main__ import run_worker
 from workers.sweeper_main import run_sweeper
