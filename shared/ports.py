@@ -2,9 +2,9 @@
 
 Adapters implement them: the outcome ledger on Redis (`shared.adapters.outcomes.OutcomeStore`),
 the platform's client (`shared.platform.client.PlatformClient`), Kafka
-(`workers.consumer.TopicSink`, the acks=all producer of `shared.adapters.kafka`). Each port with
-state has an in-memory fake in `tests/support/fakes.py`, and one contract suite runs on both
-(`tests/contract/`), so the fake cannot drift from the adapter. The clock is
+(`shared.adapters.kafka.TopicSink`, and the acks=all producer of `start_producer`). Each port
+with state has an in-memory fake in `tests/support/fakes.py`, and one contract suite runs on
+both (`tests/contract/`), so the fake cannot drift from the adapter. The clock is
 `shared.clock.Clock`.
 """
 

@@ -16,7 +16,12 @@ from typing import TYPE_CHECKING
 from aiokafka import AIOKafkaConsumer
 from prometheus_client import Gauge
 
-from shared.adapters.kafka import start_producer, start_when_available
+from shared.adapters.kafka import (
+    CLOUDEVENTS_HEADERS,
+    TopicSink,
+    start_producer,
+    start_when_available,
+)
 from shared.adapters.kafka_readiness import KafkaCheck, TopicSpec, wait_for_topics
 from shared.adapters.order_book import OrderBook
 from shared.adapters.outcomes import OutcomeStore, retry_figures
@@ -33,7 +38,7 @@ from shared.protocol.catalog import PayTypeCatalog
 from shared.protocol.payment import order_fields
 from shared.service import serve
 from shared.tracing import Spans
-from workers.consumer import CLOUDEVENTS_HEADERS, CallbackConsumer, RetryPoller, TopicSink
+from workers.consumer import CallbackConsumer, RetryPoller
 from workers.keyed import KeyedRunner
 from workers.orders_consumer import OrdersConsumer
 from workers.reconcile import Reconciler

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from collections import Counter
     from collections.abc import Awaitable, Callable, Iterable
 
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka import AIOKafkaConsumer
     from aiokafka.structs import ConsumerRecord
 
     from shared.clock import Clock
@@ -50,26 +50,6 @@ if TYPE_CHECKING:
 # What the marks, claims and finishes of Redis bookkeeping wait out and try again: any Redis
 # error (they touch no item's data), the cluster's own (not all are RedisErrors), sockets.
 _REDIS_TROUBLE: tuple[type[Exception], ...] = (RedisError, *REDIS_OUTAGES, OSError)
-
-# CloudEvents' Kafka binding, structured mode: the whole event is the value, announced here.
-CLOUDEVENTS_HEADERS = (("content-type", b"application/cloudevents+json; charset=UTF-8"),)
-
-
-class TopicSink:
-    """Publish to one topic and return after the broker's ack (the producer is acks=all)."""
-
-    def __init__(
-        self,
-        producer: AIOKafkaProducer,
-        topic: str,
-        headers: tuple[tuple[str, bytes], ...] = (),
-    ) -> None:
-        self._producer = producer
-        self._topic = topic
-        self._headers = list(headers) or None
-
-    async def publish(self, key: str, value: bytes) -> None:
-        await self._producer.send_and_wait(self._topic, value, key=key, headers=self._headers)
 
 
 class _Owned:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from shared.adapters.kafka import CLOUDEVENTS_HEADERS
 from shared.ops.kafka_io import Kafka
 from shared.ops.records import (
     EventFilter,
@@ -25,7 +26,6 @@ from shared.ops.records import (
 from shared.ops.redis_state import open_redis, recorded_event
 from shared.ops.render import safe, summary, when
 from shared.ops.tool import EXIT_FAILED, EXIT_OK, Console, UsageError, event_filter, run_tool
-from workers.consumer import CLOUDEVENTS_HEADERS
 
 if TYPE_CHECKING:
     import argparse

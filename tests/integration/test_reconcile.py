@@ -18,7 +18,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from shared.adapters.kafka import CallbackEnvelope, start_producer
+from shared.adapters.kafka import CallbackEnvelope, TopicSink, start_producer
 from shared.adapters.order_book import OrderBook, order_record_key
 from shared.adapters.outcomes import OutcomeStore, lock_key, outcome_key
 from shared.clock import SystemClock
@@ -33,7 +33,6 @@ from shared.settings import Settings
 from tests.conftest import TEST_KEY
 from tests.support.fakes import ScriptedPlatform
 from tests.support.redis_db import open_redis, pending_index, retry_set
-from workers.consumer import TopicSink
 from workers.reconcile import Reconciler, Settlement, Work
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata
 
-from shared.adapters.kafka import CallbackEnvelope, start_producer
+from shared.adapters.kafka import CLOUDEVENTS_HEADERS, CallbackEnvelope, TopicSink, start_producer
 from shared.adapters.order_book import SWEEPER_LEASE_KEY, OrderBook, SweepMark
 from shared.adapters.outcomes import OutcomeStore, outcome_key
 from shared.adapters.redis_lock import Locks
@@ -41,7 +41,6 @@ from shared.protocol.signing import signed
 from shared.settings import Settings
 from tests.conftest import TEST_KEY, TEST_MCH_ID
 from tests.support.redis_db import clean_db, in_db
-from workers.consumer import CLOUDEVENTS_HEADERS, TopicSink
 from workers.reconcile import Reconciler, Settlement, Work, publish_dead_letter
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from shared.adapters.kafka import CallbackEnvelope, start_producer
+from shared.adapters.kafka import CallbackEnvelope, TopicSink, start_producer
 from shared.adapters.order_book import OrderBook
 from shared.adapters.outcomes import OutcomeStore, outcome_key
 from shared.clock import SystemClock
@@ -26,7 +26,6 @@ from shared.settings import Settings
 from tests.conftest import TEST_KEY, TEST_MCH_ID
 from tests.support.hostile_answers import HostilePlatform, load_hostile_answers
 from tests.support.redis_db import clean_db
-from workers.consumer import TopicSink
 from workers.reconcile import Reconciler, Settlement, Work
 
 if TYPE_CHECKING:

@@ -15,14 +15,14 @@ import redis.exceptions
 from aiokafka import AIOKafkaConsumer
 
 from devtools.stack.local import LocalStack, free_port
-from shared.adapters.kafka import CallbackEnvelope, start_producer
+from shared.adapters.kafka import CallbackEnvelope, TopicSink, start_producer
 from shared.adapters.outcomes import OutcomeStore, outcome_key
 from shared.adapters.redis_client import SOCKET_TIMEOUT, connect_redis
 from shared.clock import SystemClock
 from shared.ports import RecordedOutcome
 from shared.settings import Settings
 from tests.support.redis_db import retry_set
-from workers.consumer import CallbackConsumer, RetryPoller, TopicSink
+from workers.consumer import CallbackConsumer, RetryPoller
 from workers.keyed import KeyedRunner
 from workers.reconcile import Settlement, Work
 

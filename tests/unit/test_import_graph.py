@@ -54,6 +54,19 @@ def test_production_modules_import_no_development_package() -> None:
     assert not offending
 
 
+def test_layers_import_downwards_only() -> None:
+    """`shared` (protocol, domain, ports, adapters, service, ops) is below the processes'
+    entry points: it imports neither `ingress` nor `workers`, and those two are apart."""
+    below = {"shared": {"ingress", "workers"}, "ingress": {"workers"}, "workers": {"ingress"}}
+    offending = {
+        (path, name)
+        for path, tree in _production_sources()
+        for name in _imported(tree)
+        if name.split(".")[0] in below[path.split("/")[0]]
+    }
+    assert not offending
+
+
 def test_the_command_line_is_the_only_production_code_naming_devtools() -> None:
     """A module named in a string (importlib) is an import too: only shared/cli.py's handlers
     table names devtools, and only for the development commands."""
