@@ -38,9 +38,9 @@ from shared.clock import SystemClock
 from shared.logs import configure_logging
 from shared.merchants import load_merchants
 from shared.platform.client import PlatformClient
+from shared.service.settle import Work
 from shared.settings import Settings
 from workers.__main__ import REDIS_HEADROOM, build_reconciler
-from workers.reconcile import Work
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable

@@ -34,14 +34,14 @@ from shared.merchants import LiveMerchants
 from shared.merchants_reload import watching
 from shared.platform.client import PlatformClient
 from shared.probes import StatsCollector, new_registry, platform_calls, process_probes
+from shared.process import serve
 from shared.protocol.catalog import PayTypeCatalog
 from shared.protocol.payment import order_fields
-from shared.service import serve
+from shared.service.settle import Reconciler
 from shared.tracing import Spans
 from workers.consumer import CallbackConsumer, RetryPoller
 from workers.keyed import KeyedRunner
 from workers.orders_consumer import OrdersConsumer
-from workers.reconcile import Reconciler
 
 if TYPE_CHECKING:
     import argparse

@@ -30,10 +30,10 @@ from shared.adapters.outages import OUTAGES, REDIS_OUTAGES
 from shared.logs import get_logger
 from shared.platform.retry import OUTAGE_BACKOFF, wait_out
 from shared.protocol.payment import order_key
+from shared.service.settle import Settlement, Work, publish_dead_letter
 from shared.trace import from_headers as trace_from_headers
 from shared.tracing import Spans
 from workers.offsets import PartitionOffsets
-from workers.reconcile import Settlement, Work, publish_dead_letter
 
 if TYPE_CHECKING:
     from collections import Counter

@@ -38,7 +38,7 @@ from shared.protocol.catalog import DOCUMENTED_PAY_TYPES
 from shared.protocol.errors import clean_msg
 from shared.protocol.fields import FieldError, check_text, parse_int
 from shared.protocol.payment import MAX_AMOUNT_LI, order_key
-from workers.reconcile import dead_letter
+from shared.service.settle import dead_letter
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Container

@@ -58,10 +58,10 @@ from shared.platform.retry import OUTAGE_BACKOFF, wait_out
 from shared.protocol.errors import OrderNotFound, PlatformError, UnknownMerchant, clean_msg
 from shared.protocol.payment import order_fields
 from shared.query_envelope import query_envelope
+from shared.service.settle import dead_letter
 from shared.trace import HEADER as TRACE_HEADER
 from shared.trace import start
 from shared.tracing import Spans
-from workers.reconcile import dead_letter
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Container

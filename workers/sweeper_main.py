@@ -28,7 +28,7 @@ from shared.merchants import LiveMerchants
 from shared.merchants_reload import watching
 from shared.platform.client import PlatformClient
 from shared.probes import StatsCollector, new_registry, platform_calls, process_probes
-from shared.service import serve
+from shared.process import serve
 from shared.tracing import Spans
 from workers.sweeper import Sweeper, SweeperLimits
 

@@ -29,11 +29,11 @@ from shared.protocol.catalog import PayTypeCatalog
 from shared.protocol.errors import PlatformUnavailable
 from shared.protocol.payment import PaymentReport, PaymentStatus, report_fields
 from shared.protocol.signing import signed
+from shared.service.settle import Reconciler, Settlement, Work
 from shared.settings import Settings
 from tests.conftest import TEST_KEY
 from tests.support.fakes import ScriptedPlatform
 from tests.support.redis_db import open_redis, pending_index, retry_set
-from workers.reconcile import Reconciler, Settlement, Work
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

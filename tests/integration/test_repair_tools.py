@@ -38,10 +38,10 @@ from shared.protocol.catalog import PayTypeCatalog
 from shared.protocol.models import OrderQueryAnswer
 from shared.protocol.payment import PaymentReport, PaymentStatus, report_fields
 from shared.protocol.signing import signed
+from shared.service.settle import Reconciler, Settlement, Work, publish_dead_letter
 from shared.settings import Settings
 from tests.conftest import TEST_KEY, TEST_MCH_ID
 from tests.support.redis_db import clean_db, in_db
-from workers.reconcile import Reconciler, Settlement, Work, publish_dead_letter
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -155,7 +155,7 @@ async def _dead_letter_from_callbacks(
     env: Env, order: str, reason: str
 ) -> tuple[CallbackEnvelope, Any]:
     """A notification on the callbacks topic, then its dead letter as the worker writes it
-    (workers.reconcile.publish_dead_letter, origin = the record's position)."""
+    (shared.service.settle.publish_dead_letter, origin = the record's position)."""
     envelope = _envelope(order)
     key = f"{TEST_MCH_ID}:{order}"
     sent = await env.producer.send_and_wait(

@@ -22,11 +22,11 @@ from shared.merchants import load_merchants
 from shared.platform.client import ClientConfig, PlatformClient, RetryPolicy
 from shared.protocol.catalog import PayTypeCatalog
 from shared.protocol.signing import signed
+from shared.service.settle import Reconciler, Settlement, Work
 from shared.settings import Settings
 from tests.conftest import TEST_KEY, TEST_MCH_ID
 from tests.support.hostile_answers import HostilePlatform, load_hostile_answers
 from tests.support.redis_db import clean_db
-from workers.reconcile import Reconciler, Settlement, Work
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -20,11 +20,11 @@ from shared.adapters.outcomes import OutcomeStore, outcome_key
 from shared.adapters.redis_client import SOCKET_TIMEOUT, connect_redis
 from shared.clock import SystemClock
 from shared.ports import RecordedOutcome
+from shared.service.settle import Settlement, Work
 from shared.settings import Settings
 from tests.support.redis_db import retry_set
 from workers.consumer import CallbackConsumer, RetryPoller
 from workers.keyed import KeyedRunner
-from workers.reconcile import Settlement, Work
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -63,6 +63,7 @@ from shared.protocol.models import OrderQueryAnswer
 from shared.protocol.payment import PaymentReport, PaymentStatus, parse_payment_report
 from shared.protocol.signing import MerchantKey, signed
 from shared.query_envelope import query_envelope
+from shared.service.settle import Reconciler, Settlement, Work, dead_letter
 from shared.settings import Settings
 from shared.trace import HEADER as TRACE_HEADER
 from shared.trace import start
@@ -72,7 +73,6 @@ from workers.orders_consumer import (
     OrdersConsumer,
     parse_order_created,
 )
-from workers.reconcile import Reconciler, Settlement, Work, dead_letter
 from workers.sweeper import Sweeper, SweeperLimits
 
 pytestmark = pytest.mark.unit

@@ -18,10 +18,10 @@ from redis.asyncio import Redis
 
 from ingress.counters import IngressCounters
 from shared.clock import SystemClock
+from shared.service.settle import Settlement
 from shared.settings import Settings
 from tests.support.manifests import ROOT
 from workers.__main__ import WorkerProbes
-from workers.reconcile import Settlement
 from workers.sweeper_main import SweeperProbes
 
 pytestmark = pytest.mark.unit

@@ -1,4 +1,4 @@
-"""The rules of settling a notification (workers.reconcile.Reconciler, the use case), on the
+"""The rules of settling a notification (shared.service.settle.Reconciler, the use case), on the
 ports' in-memory fakes with a manual clock: no service, milliseconds per test.
 
 The same rules are proved on the real Redis and Kafka by tests/integration/test_reconcile.py;
@@ -26,9 +26,9 @@ from shared.protocol.errors import PlatformUnavailable
 from shared.protocol.models import OrderQueryAnswer
 from shared.protocol.payment import PaymentReport, PaymentStatus, report_fields
 from shared.protocol.signing import signed
+from shared.service.settle import Reconciler, Settlement, Work
 from tests.conftest import TEST_KEY
 from tests.support.fakes import CapturingSink, MemoryLedger, ScriptedPlatform, pending_record
-from workers.reconcile import Reconciler, Settlement, Work
 
 pytestmark = pytest.mark.unit
 

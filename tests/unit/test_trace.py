@@ -8,8 +8,8 @@ import pytest
 
 from shared.adapters.kafka import CallbackEnvelope, EnvelopeError
 from shared.adapters.parked import ParkedRecordError, decode_parked, encode_parked, fingerprint
+from shared.service.settle import Work
 from shared.trace import TraceParent, continue_or_start, from_headers, parse, start
-from workers.reconcile import Work
 
 pytestmark = pytest.mark.unit
 
