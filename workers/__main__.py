@@ -39,7 +39,7 @@ from shared.protocol.catalog import PayTypeCatalog
 from shared.protocol.payment import order_fields
 from shared.service.settle import Reconciler
 from shared.tracing import Spans
-from workers.consumer import CallbackConsumer, RetryPoller
+from workers.consumer import RetryPoller, callbacks_consumer
 from workers.keyed import KeyedRunner
 from workers.orders_consumer import OrdersConsumer
 
@@ -174,7 +174,7 @@ async def _run_worker(  # noqa: PLR0917 - the collaborators run_worker built
         settings, redis, producer, platform, merchants, clock=clock, stats=stats
     )
     store = reconciler.store
-    callbacks = CallbackConsumer(
+    callbacks = callbacks_consumer(
         consumer,
         settings.topics.callbacks,
         runner,

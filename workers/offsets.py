@@ -13,12 +13,13 @@ from collections import deque
 class PartitionOffsets:
     """Offsets taken from one partition, in the order taken, and which of them are settled."""
 
-    __slots__ = ("_committed", "_settled", "_taken")
+    __slots__ = ("_committed", "_ready", "_settled", "_taken")
 
     def __init__(self) -> None:
         self._taken: deque[int] = deque()
         self._settled: set[int] = set()
         self._committed: int | None = None  # the position last committed (next offset to read)
+        self._ready: int | None = None  # the end of the settled prefix: committable
 
     def take(self, offset: int) -> None:
         if self._taken and offset <= self._taken[-1]:
@@ -33,15 +34,16 @@ class PartitionOffsets:
         return len(self._taken) - len(self._settled)
 
     def committable(self) -> int | None:
-        """The position to commit now, or None when it has not moved since the last commit."""
-        position = None
+        """The position to commit now, or None when it has not moved since the last commit.
+        Offered again until `committed` says it was: a cycle that could not commit (Kafka or
+        Redis away) must not forget it."""
         while self._taken and self._taken[0] in self._settled:
             offset = self._taken.popleft()
             self._settled.discard(offset)
-            position = offset + 1
-        if position is None or position == self._committed:
+            self._ready = offset + 1
+        if self._ready is None or self._ready == self._committed:
             return None
-        return position
+        return self._ready
 
     def committed(self, position: int) -> None:
         self._committed = position

@@ -21,29 +21,30 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import Counter
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import CommitFailedError, KafkaError
-from aiokafka.structs import OffsetAndMetadata
 
 from shared.adapters.order_book import OrderConflictError
 from shared.adapters.outages import KAFKA_OUTAGES, OUTAGES
 from shared.domain.orders import OrderRecord
 from shared.logs import get_logger
 from shared.merchants import load_merchants
-from shared.platform.retry import OUTAGE_BACKOFF, wait_out
+from shared.platform.retry import wait_out
 from shared.protocol.catalog import DOCUMENTED_PAY_TYPES
 from shared.protocol.errors import clean_msg
 from shared.protocol.fields import FieldError, check_text, parse_int
 from shared.protocol.payment import MAX_AMOUNT_LI, order_key
 from shared.service.settle import dead_letter
+from workers.keyed import KeyedRunner
+from workers.runtime import ConsumerRuntime
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Container
 
-    from aiokafka import AIOKafkaProducer, TopicPartition
+    from aiokafka import AIOKafkaProducer
     from aiokafka.structs import ConsumerRecord
 
     from shared.adapters.order_book import OrderBook
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 MESSAGE_TYPE: Final = "order.created"
 MAX_TIMESTAMP: Final = 10**11  # Unix seconds far beyond any real order; keeps garbage out
 PAY_TYPES: Final = frozenset(p.code for p in DOCUMENTED_PAY_TYPES)
+ORDERS_CONCURRENCY: Final = 32  # orders recorded at once, at most (one per order at a time)
 _T = TypeVar("_T")
 
 
@@ -152,9 +154,10 @@ def orders_group(settings: Settings) -> str:
 class OrdersConsumer:
     """Records `order.created` messages in the order book; `run()` until `stop()` or cancelled.
 
-    A fetched batch is recorded partition by partition, partitions concurrently and each in
-    order, and its offsets committed once every message in it was handled; recording is
-    idempotent, so a crash before that commit only redelivers."""
+    The orders topic's strategy on the consumer runtime (workers.runtime): one order's messages
+    in order (a conflicting second message is judged against the first), different orders
+    concurrently, each partition's offsets committed once everything before them was recorded
+    or dead-lettered; recording is idempotent, so a crash before a commit only redelivers."""
 
     def __init__(
         self,
@@ -166,11 +169,13 @@ class OrdersConsumer:
         consumer_factory: Callable[[], AIOKafkaConsumer] | None = None,
         dlq_topic: str | None = None,  # default: the deployment's DLQ
         max_records: int = 200,
+        concurrency: int = ORDERS_CONCURRENCY,
         merchants: Container[str] | None = None,
         random: Callable[[], float] = random.random,
     ) -> None:
         """`merchants`: the merchant ids with keys (the worker has them loaded already); None
-        reads them from `settings`' merchants file."""
+        reads them from `settings`' merchants file. `consumer_factory` makes the Kafka consumer,
+        subscribed to the orders topic (default: `orders_consumer_factory(settings)`)."""
         self._merchants = (
             frozenset(load_merchants(settings.require_merchants_file()))
             if merchants is None
@@ -183,127 +188,116 @@ class OrdersConsumer:
         self._make_consumer = consumer_factory or orders_consumer_factory(settings)
         self._dlq_topic = settings.topics.dlq if dlq_topic is None else dlq_topic
         self._max_records = max_records
+        self._runner = KeyedRunner(concurrency)
         self._stopping = asyncio.Event()
         self._log = get_logger("orders")
+        self.stats: Counter[str] = Counter()  # the runtime's (commits skipped)
         self.recorded = 0  # new records made
         self.dead_lettered = 0
         self.internal_errors = 0  # of those, messages whose handling failed unexpectedly
         self.retries = 0  # attempts repeated because Redis or Kafka was away
 
     async def stop(self) -> None:
-        """Finish the batch in hand, commit it, and return from `run()`."""
+        """Finish (or give up) the messages in hand, commit what was handled, and return from
+        `run()`."""
         self._stopping.set()
 
     async def run(self) -> None:
         try:
-            consumer = await self._wait(self._started, errors=KAFKA_OUTAGES)
+            runtime, consumer = await self._wait(self._started, errors=KAFKA_OUTAGES)
         except _Stopped:
             return
         self._log.info("orders_consumer_started")
-        failures = 0
         try:
-            while not self._stopping.is_set():
-                try:
-                    batch = await consumer.getmany(timeout_ms=200, max_records=self._max_records)
-                except KafkaError as exc:  # a fetch fails for the broker, never for a message
-                    pause = OUTAGE_BACKOFF.backoff(failures, self._random)
-                    failures += 1
-                    self.retries += 1
-                    self._log.warning("orders_fetch_failed", error=type(exc).__name__, pause=pause)
-                    await self._clock.sleep(pause)
-                    continue
-                failures = 0
-                if not batch:
-                    continue
-                handled = await asyncio.gather(*(self._partition(rs) for rs in batch.values()))
-                if not all(handled):  # stopped while Redis or Kafka was away: commit nothing
-                    return
-                await self._commit(consumer, batch)
+            await runtime.run(self._stopping)
         finally:
+            await self._runner.cancel()
             await consumer.stop()
             self._log.info(
                 "orders_consumer_stopped", recorded=self.recorded, dead_lettered=self.dead_lettered
             )
 
-    async def _started(self) -> AIOKafkaConsumer:
+    async def _started(self) -> tuple[ConsumerRuntime, AIOKafkaConsumer]:
         consumer = self._make_consumer()
+        runtime = ConsumerRuntime(
+            consumer, sorted(consumer.subscription()), self._runner, self,
+            clock=self._clock, stats=self.stats, log_name="orders",
+            max_records=self._max_records,
+        )  # fmt: skip
+        runtime.subscribe()  # the runtime's rebalance hand-over
         try:
             await consumer.start()
         except BaseException:
             await consumer.stop()  # releases what `start` opened before it failed
             raise
-        return consumer
+        return runtime, consumer
+
+    # The strategy (workers.runtime.Strategy).
+
+    def key(self, record: ConsumerRecord, origin: str) -> str:
+        return record.key.decode("utf-8", "replace") if record.key else origin
+
+    async def process(self, record: ConsumerRecord, origin: str, give_way: asyncio.Event) -> bool:
+        return await self._handle(record, origin, give_way)
+
+    async def before_commit(self) -> bool:
+        return True  # recording is idempotent: nothing must reach Redis before a commit
 
     async def _wait(
-        self, call: Callable[[], Awaitable[_T]], *, errors: tuple[type[Exception], ...] = OUTAGES
+        self,
+        call: Callable[[], Awaitable[_T]],
+        *,
+        errors: tuple[type[Exception], ...] = OUTAGES,
+        give_way: asyncio.Event | None = None,
     ) -> _T:
         """`call` until it returns, waiting out `errors` (Redis or Kafka away) with capped,
-        jittered backoff; `_Stopped` once a stop was asked for meanwhile."""
+        jittered backoff; `_Stopped` once a stop was asked for meanwhile, or the message's
+        partition was revoked (`give_way`: its next owner handles it)."""
 
         def retrying(exc: BaseException, pause: float) -> None:
             self.retries += 1
             self._log.warning("orders_retry", error=type(exc).__name__, pause=round(pause, 3))
-            if self._stopping.is_set():
+            if self._stopping.is_set() or (give_way is not None and give_way.is_set()):
                 raise _Stopped from exc
 
         return await wait_out(
             call, errors=errors, clock=self._clock, random=self._random, on_retry=retrying
         )
 
-    async def _commit(
-        self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[ConsumerRecord]]
-    ) -> None:
-        offsets = {
-            tp: OffsetAndMetadata(records[-1].offset + 1, "") for tp, records in batch.items()
-        }
-        # Losing a commit loses nothing: recording is idempotent, so a redelivery (after a
-        # rebalance, a stop, or with the next commit not covering a partition) changes nothing.
-        try:
-            await self._wait(lambda: consumer.commit(offsets))
-        except CommitFailedError as exc:  # the group rebalanced meanwhile
-            self._log.warning("orders_commit_lost_to_rebalance", error=str(exc))
-        except _Stopped:
-            self._log.warning("orders_commit_skipped_at_stop")
-        except KafkaError as exc:
-            self._log.warning("orders_commit_failed", error=type(exc).__name__)
-
-    async def _partition(self, records: list[ConsumerRecord]) -> bool:
-        """One partition's records in order (one order's messages share a partition, so a
-        conflicting second message is judged against the first); True when all were handled."""
-        for record in records:
-            if not await self._handle(record):
-                return False
-        return True
-
-    async def _handle(self, record: ConsumerRecord) -> bool:
-        """Record or dead-letter one message; True once done, False if stopped before (while
-        Redis or Kafka was away)."""
-        origin = f"{record.topic}/{record.partition}@{record.offset}"
+    async def _handle(self, record: ConsumerRecord, origin: str, give_way: asyncio.Event) -> bool:
+        """Record or dead-letter one message; True once done, False if stopped or revoked
+        before (while Redis or Kafka was away)."""
         try:
             try:
-                await self._wait(lambda: self._handle_once(record, origin))
+                await self._wait(
+                    lambda: self._handle_once(record, origin, give_way), give_way=give_way
+                )
             except _Stopped:
                 raise
             except Exception as exc:  # one message's surprise ends here, never the consumer
                 self.internal_errors += 1
                 self._log.exception("order_message_failed", origin=origin, error=type(exc).__name__)
                 detail = f"{type(exc).__name__}: {clean_msg(str(exc))}".rstrip(": ")
-                await self._dead_letter("internal_error", detail, origin, record.key, record.value)
+                await self._dead_letter(
+                    "internal_error", detail, origin, record.key, record.value, give_way
+                )
         except _Stopped:
             return False
         return True
 
-    async def _handle_once(self, record: ConsumerRecord, origin: str) -> None:
+    async def _handle_once(
+        self, record: ConsumerRecord, origin: str, give_way: asyncio.Event
+    ) -> None:
         value: bytes | None = record.value
         key: bytes | None = record.key
         try:
             order = parse_order_created(value, key, merchants=self._merchants)
             created = await self._book.record(order)
         except OrderMessageError as exc:
-            await self._dead_letter(exc.reason, exc.detail, origin, key, value)
+            await self._dead_letter(exc.reason, exc.detail, origin, key, value, give_way)
             return
         except OrderConflictError as exc:
-            await self._dead_letter("order_conflict", str(exc), origin, key, value)
+            await self._dead_letter("order_conflict", str(exc), origin, key, value, give_way)
             return
         if created:
             self.recorded += 1
@@ -315,8 +309,14 @@ class OrdersConsumer:
             origin=origin,
         )
 
-    async def _dead_letter(
-        self, reason: str, detail: str, origin: str, key: bytes | None, value: bytes | None
+    async def _dead_letter(  # noqa: PLR0917 - one message's facts, and its gate
+        self,
+        reason: str,
+        detail: str,
+        origin: str,
+        key: bytes | None,
+        value: bytes | None,
+        give_way: asyncio.Event,
     ) -> None:
         """Put the message on the DLQ with its reason, waiting out Kafka being away. Should the
         DLQ refuse the record (a message near the size limit grows as a dead letter), the
@@ -327,7 +327,8 @@ class OrdersConsumer:
         dlq_key = key.decode("utf-8", "replace") if key else origin
         try:
             await self._wait(
-                lambda: self._producer.send_and_wait(self._dlq_topic, letter, key=dlq_key)
+                lambda: self._producer.send_and_wait(self._dlq_topic, letter, key=dlq_key),
+                give_way=give_way,
             )
         except _Stopped:
             raise
@@ -341,6 +342,7 @@ class OrdersConsumer:
             await self._wait(
                 lambda: self._producer.send_and_wait(self._dlq_topic, short, key=dlq_key),
                 errors=(Exception,),
+                give_way=give_way,
             )
         self.dead_lettered += 1
         self._log.warning("order_dead_lettered", reason=reason, origin=origin)

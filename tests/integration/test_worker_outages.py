@@ -23,7 +23,7 @@ from shared.ports import RecordedOutcome
 from shared.service.settle import Settlement, Work
 from shared.settings import Settings
 from tests.support.redis_db import retry_set
-from workers.consumer import CallbackConsumer, RetryPoller
+from workers.consumer import RetryPoller, callbacks_consumer
 from workers.keyed import KeyedRunner
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ async def test_a_commit_cycle_without_redis_is_skipped_not_fatal(own_redis: Loca
     await client.hset(outcome_key("m:o1"), mapping={"type": "t", "published": "0"})
     store.note_published("m:o1")
     stats: Counter[str] = Counter()
-    consumer = CallbackConsumer(
+    consumer = callbacks_consumer(
         None,  # no offsets are taken, so the Kafka consumer is never called
         "unused",
         KeyedRunner(4),

@@ -569,7 +569,8 @@ async def test_the_orders_consumers_dead_letters_keep_the_messages_key() -> None
         consumer_record = SimpleNamespace(
             topic="paynotify.orders", partition=3, offset=1207, key=key, value=bad
         )
-        assert await consumer._handle(consumer_record)  # type: ignore[arg-type]
+        origin = "paynotify.orders/3@1207"  # as the consumer runtime names it
+        assert await consumer.process(consumer_record, origin, asyncio.Event())  # type: ignore[arg-type]
     [(_, keyed, keyed_key, _), (_, _, keyless_key, _)] = producer.sent
     assert keyed_key == key_of("DeadLetter")
     assert keyless_key == "paynotify.orders/3@1207"

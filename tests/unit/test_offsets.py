@@ -69,3 +69,21 @@ def test_committed_position_never_passes_an_unsettled_offset(order: list[int], d
         expected_prefix += 1
     position = offsets.committable()
     assert position == (expected_prefix if expected_prefix > 0 else None)
+
+
+def test_a_position_not_committed_is_offered_again() -> None:
+    """A commit cycle skipped (Kafka or Redis away) used to lose the position it had computed:
+    the partition's last messages then stayed uncommitted until another one settled."""
+    offsets = PartitionOffsets()
+    offsets.take(0)
+    offsets.take(1)
+    offsets.settle(0)
+    offsets.settle(1)
+    assert offsets.committable() == 2  # this cycle's commit fails...
+    assert offsets.committable() == 2  # ...so the next cycle offers it again
+    offsets.committed(2)
+    assert offsets.committable() is None
+    offsets.take(2)
+    assert offsets.committable() is None  # taken, not settled
+    offsets.settle(2)
+    assert offsets.committable() == 3
