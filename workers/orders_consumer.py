@@ -27,9 +27,8 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from shared.adapters.order_book import OrderConflictError
 from shared.adapters.outages import KAFKA_OUTAGES, OUTAGES
-from shared.domain.orders import OrderRecord
+from shared.domain.orders import OrderConflictError, OrderRecord
 from shared.logs import get_logger
 from shared.merchants import load_merchants
 from shared.platform.retry import wait_out

@@ -29,24 +29,20 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from shared import topics
-from shared.adapters.order_book import (
-    SWEEPER_LEASE_KEY,
-    CorruptRecordError,
-    OrderEntry,
-    SweepMark,
-)
+from shared.adapters.order_book import SWEEPER_LEASE_KEY
 from shared.adapters.outages import OUTAGES
 from shared.adapters.parked import ParkedRecordError, decode_parked
 from shared.clock import sleep_unless
 from shared.domain.decision import QueryAnswer
 from shared.domain.events import encode
-from shared.domain.orders import OrderState
+from shared.domain.orders import CorruptRecordError, OrderEntry, OrderState
 from shared.domain.sweep import (
     CheckAgain,
     ExpireOrder,
     ForwardPaid,
     MerchantRest,
     StopSweeping,
+    SweepMark,
     after_answer,
     after_failure,
     after_hopeless,

@@ -22,10 +22,7 @@ outcome, settled_at, and the member then leaves the pending index.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
-
-import orjson
 
 from shared.adapters import redis_keys
 from shared.adapters.outages import REDIS_OUTAGES
@@ -37,7 +34,14 @@ from shared.adapters.redis_keys import (
     pending_keys,
 )
 from shared.adapters.schedules import ShardedSchedule
-from shared.domain.orders import OrderRecord, OrderState
+from shared.domain.orders import (
+    CorruptRecordError,
+    OrderConflictError,
+    OrderEntry,
+    OrderRecord,
+    OrderState,
+)
+from shared.domain.sweep import SweepMark
 from shared.protocol.fields import FieldError, check_text, parse_int
 from shared.protocol.payment import MAX_AMOUNT_LI, order_key
 
@@ -87,36 +91,6 @@ class OrderLike(Protocol):
     def pay_type(self) -> int: ...
     @property
     def created_at(self) -> int: ...
-
-
-class OrderConflictError(ValueError):
-    """An order number already recorded with another amount, pay type or creation time."""
-
-    def __init__(self, mch_id: str, mch_order: str, fields: Sequence[str]) -> None:
-        super().__init__(f"order already recorded with a different {', '.join(fields)}")
-        self.mch_id = mch_id
-        self.mch_order = mch_order
-        self.fields = tuple(fields)
-
-
-class CorruptRecordError(ValueError):
-    """A record hash that breaks the layout (a field missing or malformed); names the field."""
-
-
-@dataclass(frozen=True, slots=True)
-class OrderEntry:
-    """A record with the book-keeping beside it."""
-
-    record: OrderRecord
-    outcome: str | None = None  # the event type the workers settled it with
-    settled_at: float | None = None
-    reason: str | None = None  # why it failed
-    sweep_attempts: int = 0  # order queries the sweeper made
-    sweep_failures: int = 0  # of those, failed in a row since the last answer
-    # Failures in a row that retrying cannot fix (shared.domain.sweep.hopeless_reason), and why
-    # the sweeper stopped polling the order once they reached their bound.
-    sweep_hopeless: int = 0
-    sweep_stopped: str | None = None
 
 
 def _text(mapping: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
@@ -467,42 +441,6 @@ class OrderBook:
         ]
 
 
-@dataclass(frozen=True, slots=True)
-class SweepMark:
-    """The sweeper leader's last look at the pending index (`pn:sweeper:last_run`): who, when
-    (Unix seconds), and how many orders it claimed then. `paynotify status` shows it."""
-
-    instance: str
-    at: float
-    claimed: int
-
-    def encode(self) -> bytes:
-        return orjson.dumps({"instance": self.instance, "at": self.at, "claimed": self.claimed})
-
-    @classmethod
-    def decode(cls, raw: bytes) -> SweepMark:
-        """Strictly, or `CorruptRecordError` saying what is wrong (Redis is not trusted)."""
-        try:
-            document = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise CorruptRecordError("sweep mark is not JSON") from None
-        if not isinstance(document, dict):
-            raise CorruptRecordError("sweep mark is not an object")
-        instance, at, claimed = (
-            document.get("instance"),
-            document.get("at"),
-            document.get("claimed"),
-        )
-        if not isinstance(instance, str) or len(instance) > _MARK_TEXT:
-            raise CorruptRecordError("sweep mark instance must be a short string")
-        if isinstance(at, bool) or not isinstance(at, int | float):
-            raise CorruptRecordError("sweep mark at must be a number")
-        if isinstance(claimed, bool) or not isinstance(claimed, int) or claimed < 0:
-            raise CorruptRecordError("sweep mark claimed must be a count")
-        return cls(instance, float(at), claimed)
-
-
-_MARK_TEXT = 200  # characters of an instance name in a sweep mark, at most
 _MARK_TTL_S = 7 * 86400  # a mark older than this says nothing a lease would not
 
 

@@ -23,9 +23,10 @@ from collections import defaultdict
 from typing import TYPE_CHECKING
 
 from shared.adapters import redis_keys
-from shared.adapters.order_book import CorruptRecordError, decode_record, order_record_key
+from shared.adapters.order_book import decode_record, order_record_key
 from shared.adapters.redis_client import is_cluster
 from shared.adapters.schedules import ShardedSchedule
+from shared.domain.orders import CorruptRecordError
 from shared.ports import Busy, Decided, Locked, PublishedNotes, RecordedOutcome
 
 if TYPE_CHECKING:

@@ -14,7 +14,10 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import orjson
+
 from shared.domain.decision import PLATFORM_RETRY_DELAYS, decide_expiry
+from shared.domain.orders import CorruptRecordError
 from shared.protocol.errors import OrderNotFound, PlatformError, UnknownMerchant
 
 if TYPE_CHECKING:
@@ -281,3 +284,41 @@ def next_slot(previous: float | None, now: float, rate: float) -> float:
     if previous is None:
         return now
     return max(now, previous + 1.0 / rate)
+
+
+@dataclass(frozen=True, slots=True)
+class SweepMark:
+    """The sweeper leader's last look at the pending index (`pn:sweeper:last_run`): who, when
+    (Unix seconds), and how many orders it claimed then. `paynotify status` shows it."""
+
+    instance: str
+    at: float
+    claimed: int
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"instance": self.instance, "at": self.at, "claimed": self.claimed})
+
+    @classmethod
+    def decode(cls, raw: bytes) -> SweepMark:
+        """Strictly, or `CorruptRecordError` saying what is wrong (Redis is not trusted)."""
+        try:
+            document = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise CorruptRecordError("sweep mark is not JSON") from None
+        if not isinstance(document, dict):
+            raise CorruptRecordError("sweep mark is not an object")
+        instance, at, claimed = (
+            document.get("instance"),
+            document.get("at"),
+            document.get("claimed"),
+        )
+        if not isinstance(instance, str) or len(instance) > _MARK_TEXT:
+            raise CorruptRecordError("sweep mark instance must be a short string")
+        if isinstance(at, bool) or not isinstance(at, int | float):
+            raise CorruptRecordError("sweep mark at must be a number")
+        if isinstance(claimed, bool) or not isinstance(claimed, int) or claimed < 0:
+            raise CorruptRecordError("sweep mark claimed must be a count")
+        return cls(instance, float(at), claimed)
+
+
+_MARK_TEXT = 200  # characters of an instance name in a sweep mark, at most

@@ -12,21 +12,17 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from shared.adapters.order_book import (
-    SWEEPER_LEASE_KEY,
-    CorruptRecordError,
-    OrderBook,
-    SweepMark,
-    pending_figures,
-)
+from shared.adapters.order_book import SWEEPER_LEASE_KEY, OrderBook, pending_figures
 from shared.adapters.outcomes import OutcomeStore, outcome_key, retry_figures
 from shared.adapters.parked import PARKED_KEY
 from shared.adapters.redis_client import connect_redis
+from shared.domain.orders import CorruptRecordError
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from shared.clock import Clock
+    from shared.domain.sweep import SweepMark
     from shared.settings import Settings
 
 # The outcome store is only read here; its TTLs are not used.

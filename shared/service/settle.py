@@ -26,7 +26,6 @@ import orjson
 from aiokafka.errors import KafkaError
 
 from shared.adapters.kafka import CallbackEnvelope, EnvelopeError
-from shared.adapters.order_book import CorruptRecordError
 from shared.adapters.outages import OUTAGES
 from shared.domain.decision import (
     DEFAULT_REPLAY_WINDOW_S,
@@ -49,7 +48,7 @@ from shared.domain.events import (
     event_id,
     source_of,
 )
-from shared.domain.orders import OrderState
+from shared.domain.orders import CorruptRecordError, OrderState
 from shared.logs import get_logger
 from shared.platform.retry import OUTAGE_BACKOFF, wait_out
 from shared.ports import Busy, Decided, Locked, RecordedOutcome

@@ -9,14 +9,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from shared.adapters.order_book import (
-    OrderBook,
-    OrderConflictError,
-    expired_marker_key,
-    order_record_key,
-)
+from shared.adapters.order_book import OrderBook, expired_marker_key, order_record_key
 from shared.clock import ManualClock
-from shared.domain.orders import OrderRecord, OrderState
+from shared.domain.orders import OrderConflictError, OrderRecord, OrderState
 from shared.domain.sweep import SweepSchedule
 from shared.protocol.models import CreateOrderRequest
 from tests.support.redis_db import clean_db, pending_index

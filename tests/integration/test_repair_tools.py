@@ -21,7 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata
 
 from shared.adapters.kafka import CLOUDEVENTS_HEADERS, CallbackEnvelope, TopicSink, start_producer
-from shared.adapters.order_book import SWEEPER_LEASE_KEY, OrderBook, SweepMark
+from shared.adapters.order_book import SWEEPER_LEASE_KEY, OrderBook
 from shared.adapters.outcomes import OutcomeStore, outcome_key
 from shared.adapters.redis_lock import Locks
 from shared.adapters.topic_admin import ensure_topics
@@ -30,7 +30,7 @@ from shared.clock import SystemClock
 from shared.domain.decision import requery_schedule
 from shared.domain.events import AnswerStatus, OrderExpired, encode, event_id
 from shared.domain.orders import OrderRecord
-from shared.domain.sweep import SweepSchedule
+from shared.domain.sweep import SweepMark, SweepSchedule
 from shared.merchants import parse_merchants
 from shared.ops import dlq, replay, status
 from shared.ops.tool import EXIT_OK, EXIT_USAGE, Console, guarded

@@ -35,7 +35,6 @@ from ingress.counters import IngressCounters
 from ingress.refusals import Reason as Refused
 from ingress.verification import Verifier
 from shared.adapters.kafka import CallbackEnvelope
-from shared.adapters.order_book import CorruptRecordError
 from shared.clock import ManualClock
 from shared.domain.decision import (
     Notice,
@@ -53,7 +52,7 @@ from shared.domain.events import (
     PaymentReconciled,
     encode,
 )
-from shared.domain.orders import OrderRecord
+from shared.domain.orders import CorruptRecordError, OrderRecord
 from shared.domain.sweep import ExpireOrder, SweepSchedule
 from shared.logs import get_logger
 from shared.merchants import parse_merchants

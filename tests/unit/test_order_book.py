@@ -5,14 +5,13 @@ from __future__ import annotations
 import pytest
 
 from shared.adapters.order_book import (
-    CorruptRecordError,
     decode_entry,
     decode_record,
     expired_marker_key,
     order_record_key,
     record_key_of,
 )
-from shared.domain.orders import OrderRecord, OrderState
+from shared.domain.orders import CorruptRecordError, OrderRecord, OrderState
 
 pytestmark = pytest.mark.unit
 

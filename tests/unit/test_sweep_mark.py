@@ -5,7 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from shared.adapters.order_book import CorruptRecordError, SweepMark
+from shared.domain.orders import CorruptRecordError
+from shared.domain.sweep import SweepMark
 
 pytestmark = pytest.mark.unit
 
