@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
 
-    from shared.domain.orders import OrderRecord
+    from shared.domain.orders import CorruptRecordError, OrderEntry, OrderRecord
+    from shared.domain.sweep import SweepMark
     from shared.protocol.models import OrderQueryAnswer
 
 
@@ -109,6 +110,83 @@ class OutcomeLedger(Protocol):
     async def finish_retry(self, member: bytes) -> None:
         """Remove a settled member from the retry set."""
         ...
+
+
+class Orders(Protocol):
+    """The merchant's order book: each order's record, and the index of pending orders the
+    sweeper looks at when they come due. Members of the index are `mch_id:mch_order`."""
+
+    async def record(self, order: OrderRecord) -> bool:
+        """Record an order as pending, once; True when this call created the record. An order
+        number already recorded with another amount, pay type or creation time raises
+        `OrderConflictError` and changes nothing; a `transfer_amt` is kept once likewise."""
+        ...
+
+    async def mark_failed(self, mch_id: str, mch_order: str, reason: str) -> None:
+        """The platform refused to create the order: a pending record becomes failed and leaves
+        the index; a record in any other state is left as it is."""
+        ...
+
+    async def get(self, mch_id: str, mch_order: str) -> OrderRecord | None: ...
+
+    async def entry(self, mch_id: str, mch_order: str) -> OrderEntry | None: ...
+
+    async def claim_due(self, *, hold: float, limit: int) -> list[str]:
+        """Up to `limit` members due now, each hidden from other claims for `hold` seconds."""
+        ...
+
+    async def entries(
+        self, members: Sequence[str]
+    ) -> list[tuple[str, OrderEntry | CorruptRecordError | None]]:
+        """Each member's entry (None: no record; a broken one as its error)."""
+        ...
+
+    async def reschedule(
+        self, member: str, due: float, *, queried: bool, failed: bool | None, hopeless: bool = False
+    ) -> bool:
+        """Look at a pending order again at `due`, counting a query (`queried`), a failed one
+        (`failed` True), an answer (False: the counts of failures in a row start again) or
+        neither (None), and a failure retrying cannot fix (`hopeless`). False, and the member
+        leaves the index, when the order is no longer pending."""
+        ...
+
+    async def stop_sweeping(self, member: str, reason: str) -> bool:
+        """Give up on an order: it leaves the index for good, its record (if still pending)
+        says why. True when a record was marked."""
+        ...
+
+    async def drop(self, member: str) -> None:
+        """Take a member out of the index (its record is gone or no longer pending)."""
+        ...
+
+    async def begin_expire(self, record: OrderRecord) -> str:
+        """Before publishing `order.expired`: 'emit' (first time, or an earlier try that was
+        not confirmed), 'done' (published and confirmed), 'gone' (no longer pending: the member
+        leaves the index)."""
+        ...
+
+    async def finish_expire(self, record: OrderRecord) -> None:
+        """`order.expired` is published: the order is expired and leaves the index."""
+        ...
+
+    async def mark_sweep(self, mark: SweepMark) -> None:
+        """The sweeper's last look, for `paynotify status`."""
+        ...
+
+    async def last_sweep(self) -> SweepMark | None: ...
+
+
+class Locks(Protocol):
+    """Named locks with a time to live (the sweeper's lease): only the holder of a token may
+    renew or release its lock."""
+
+    async def acquire(self, key: str, ttl_ms: int, *, holder: str = "") -> str | None:
+        """The lock's token when taken, None when somebody else holds it."""
+        ...
+
+    async def renew(self, key: str, token: str, ttl_ms: int) -> bool: ...
+
+    async def release(self, key: str, token: str) -> bool: ...
 
 
 class PublishedNotes:

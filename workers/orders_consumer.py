@@ -46,8 +46,8 @@ if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
     from aiokafka.structs import ConsumerRecord
 
-    from shared.adapters.order_book import OrderBook
     from shared.clock import Clock
+    from shared.ports import Orders
     from shared.settings import Settings
 
 MESSAGE_TYPE: Final = "order.created"
@@ -161,7 +161,7 @@ class OrdersConsumer:
     def __init__(
         self,
         settings: Settings,
-        book: OrderBook,
+        book: Orders,
         *,
         producer: AIOKafkaProducer,
         clock: Clock,

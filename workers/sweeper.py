@@ -62,13 +62,11 @@ from shared.tracing import Spans
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Container
 
-    from shared.adapters.order_book import OrderBook
     from shared.adapters.parked import ParkedNotifications
-    from shared.adapters.redis_lock import Locks
     from shared.clock import Clock
     from shared.domain.orders import OrderRecord
     from shared.domain.sweep import SweepSchedule
-    from shared.ports import OrderQuery, Producer
+    from shared.ports import Locks, OrderQuery, Orders, Producer
     from shared.protocol.models import OrderQueryAnswer
 
 _T = TypeVar("_T")
@@ -120,7 +118,7 @@ class Pacer:
 class Sweeper:
     def __init__(
         self,
-        book: OrderBook,
+        book: Orders,
         locks: Locks,
         platform: OrderQuery,
         producer: Producer,
