@@ -31,7 +31,7 @@ if not __package__:  # run as a script: make the repository root importable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from shared import topics
+from shared import bootstrap, topics
 from shared.adapters.kafka import CallbackEnvelope, start_producer
 from shared.adapters.redis_client import connect_redis
 from shared.clock import SystemClock
@@ -40,7 +40,7 @@ from shared.merchants import load_merchants
 from shared.platform.client import PlatformClient
 from shared.service.settle import Work
 from shared.settings import Settings
-from workers.__main__ import REDIS_HEADROOM, build_reconciler
+from workers.__main__ import REDIS_HEADROOM
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -59,7 +59,7 @@ async def settler(settings: Settings) -> AsyncIterator[Callable[[bytes, str], Aw
         settings, merchants, clock=clock, limit=settings.worker_concurrency
     )
     stats: Counter[str] = Counter()
-    reconciler = build_reconciler(
+    reconciler = bootstrap.reconciler(
         settings, redis, producer, platform, merchants, clock=clock, stats=stats
     )
     store = reconciler.store

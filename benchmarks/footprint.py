@@ -23,16 +23,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 if not __package__:  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import ORDER_AMOUNT, PAY_TYPE, finish, headline, log, print_table
 from devtools.stack.local import LocalStack, free_port
-from shared import trace
-from shared.adapters.order_book import OrderBook
-from shared.adapters.outcomes import OutcomeStore
+from shared import bootstrap, trace
 from shared.adapters.redis_client import connect_redis
 from shared.clock import SystemClock
 from shared.domain import events
@@ -40,7 +38,10 @@ from shared.domain.orders import OrderRecord
 from shared.ports import Locked
 from shared.protocol.payment import order_key
 from shared.settings import Settings
-from workers.__main__ import LOCK_TTL_MS, outcome_ttl_seconds
+
+if TYPE_CHECKING:
+    from shared.adapters.order_book import OrderBook
+    from shared.adapters.outcomes import OutcomeStore
 
 MCH_ID = "m-bench"
 MARK_BATCH = 64  # outcomes marked published at once, about a commit cycle's batch
@@ -112,10 +113,8 @@ async def _run(url: str, payments: int, concurrency: int) -> dict[str, Any]:
     settings = Settings()
     redis = connect_redis(url, max_connections=concurrency + 8)
     try:
-        store = OutcomeStore(
-            redis, outcome_ttl_seconds=outcome_ttl_seconds(settings), lock_ttl_ms=LOCK_TTL_MS
-        )
-        book = OrderBook.from_settings(redis, SystemClock(), settings)
+        store = bootstrap.outcome_ledger(settings, redis)
+        book = bootstrap.order_book(settings, redis, SystemClock())
         gate = asyncio.Semaphore(concurrency)
         decided: list[str] = []
 

@@ -16,28 +16,22 @@ from typing import TYPE_CHECKING
 from aiokafka import AIOKafkaConsumer
 from prometheus_client import Gauge
 
+from shared import bootstrap
 from shared.adapters.kafka import (
-    CLOUDEVENTS_HEADERS,
-    TopicSink,
     start_producer,
     start_when_available,
 )
 from shared.adapters.kafka_readiness import KafkaCheck, TopicSpec, wait_for_topics
-from shared.adapters.order_book import OrderBook
 from shared.adapters.outcomes import OutcomeStore, retry_figures
 from shared.adapters.redis_client import connect_redis
 from shared.clock import Clock, SystemClock
-from shared.domain.decision import requery_schedule
-from shared.domain.sweep import SweepSchedule
 from shared.logs import get_logger
 from shared.merchants import LiveMerchants
 from shared.merchants_reload import watching
 from shared.platform.client import PlatformClient
 from shared.probes import StatsCollector, new_registry, platform_calls, process_probes
 from shared.process import serve
-from shared.protocol.catalog import PayTypeCatalog
 from shared.protocol.payment import order_fields
-from shared.service.settle import Reconciler
 from shared.tracing import Spans
 from workers.consumer import RetryPoller, callbacks_consumer
 from workers.keyed import KeyedRunner
@@ -47,58 +41,14 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import Mapping
 
-    from aiokafka import AIOKafkaProducer
     from redis.asyncio import Redis
 
     from shared.merchants import Merchant
-    from shared.ports import OrderQuery
     from shared.settings import Settings
 
-LOCK_TTL_MS = 30_000
 # Beyond one connection per message in flight: the retry poller, the orders consumer, commits.
 REDIS_HEADROOM = 16
 STATS_EVERY = 10.0  # seconds between the worker's counters in the log
-
-
-def outcome_ttl_seconds(settings: Settings) -> int:
-    """How long an outcome is kept: at least as long as any order record (records live for the
-    order's expiry plus the retention from their recording; an outcome is decided after that),
-    so a payment once decided stays decided for as long as anything about it is kept."""
-    expiry = SweepSchedule.scaled(
-        time_scale=settings.time_scale, order_expiry=settings.order_expiry
-    )
-    return int(expiry.expiry) + 1 + settings.outcome_ttl_days * 86_400
-
-
-def build_reconciler(
-    settings: Settings,
-    redis: Redis,
-    producer: AIOKafkaProducer,
-    platform: OrderQuery,
-    merchants: Mapping[str, Merchant],
-    *,
-    clock: Clock,
-    stats: Counter[str],
-) -> Reconciler:
-    """The reconciler as every worker runs it (the benchmarks' consumers use it too)."""
-    store = OutcomeStore(
-        redis, outcome_ttl_seconds=outcome_ttl_seconds(settings), lock_ttl_ms=LOCK_TTL_MS
-    )
-    return Reconciler(
-        store=store,
-        platform=platform,
-        merchants=merchants,
-        events=TopicSink(producer, settings.topics.events, CLOUDEVENTS_HEADERS),
-        dlq=TopicSink(producer, settings.topics.dlq),
-        pay_types=PayTypeCatalog.documented().with_overrides(settings.pay_type_paths),
-        policy=settings.order_records,
-        schedule=requery_schedule(settings.time_scale),
-        clock=clock,
-        min_retry_delay=min(1.0, settings.scaled(1.0)),
-        transfer_tolerance=settings.transfer_tolerance_li,
-        replay_window=settings.replay_window,
-        stats=stats,
-    )
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event, clock: Clock | None = None) -> None:
@@ -170,7 +120,7 @@ async def _run_worker(  # noqa: PLR0917 - the collaborators run_worker built
         limit=settings.worker_concurrency,
         observe=probes.platform_call,
     )
-    reconciler = build_reconciler(
+    reconciler = bootstrap.reconciler(
         settings, redis, producer, platform, merchants, clock=clock, stats=stats
     )
     store = reconciler.store
@@ -197,7 +147,7 @@ async def _run_worker(  # noqa: PLR0917 - the collaborators run_worker built
     # Orders published by merchant systems on paynotify.orders land in the order book here.
     orders = OrdersConsumer(
         settings,
-        OrderBook.from_settings(redis, clock, settings),
+        bootstrap.order_book(settings, redis, clock),
         producer=producer,
         clock=clock,
         merchants=merchants,

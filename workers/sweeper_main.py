@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import Gauge
 
+from shared import bootstrap
 from shared.adapters.kafka import start_producer, start_when_available
 from shared.adapters.kafka_readiness import KafkaCheck, TopicSpec, wait_for_topics
 from shared.adapters.order_book import OrderBook, pending_figures
@@ -22,7 +23,6 @@ from shared.adapters.parked import PARKED_KEY, ParkedNotifications
 from shared.adapters.redis_client import connect_redis
 from shared.adapters.redis_lock import Locks
 from shared.clock import Clock, SystemClock
-from shared.domain.sweep import SweepSchedule
 from shared.logs import get_logger
 from shared.merchants import LiveMerchants
 from shared.merchants_reload import watching
@@ -77,11 +77,9 @@ def build_sweeper(
 ) -> Sweeper:
     """The sweeper on the given connections, with the settings' schedule and limits.
     `merchants`: the ids the platform client has keys for (orders of others are not queried)."""
-    schedule = SweepSchedule.scaled(
-        time_scale=settings.time_scale, order_expiry=settings.order_expiry
-    )
+    schedule = bootstrap.sweep_schedule(settings)
     return Sweeper(
-        OrderBook.from_settings(redis, clock, settings),
+        bootstrap.order_book(settings, redis, clock),
         Locks(redis),
         platform,
         producer,

@@ -32,7 +32,7 @@ from devtools.demo.observe import ControlError, SandboxControl, ingress_counts, 
 from devtools.demo.plan import PAID_AFTER, PlannedOrder, plan_orders
 from devtools.demo.report import Observed, SeenEvent
 from devtools.stack.pipeline import Pipeline
-from shared.adapters.order_book import OrderBook
+from shared import bootstrap
 from shared.adapters.outages import OUTAGES
 from shared.clock import SystemClock
 from shared.merchants import load_merchants
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from examples.billing_consumer import BillingState
+    from shared.adapters.order_book import OrderBook
     from shared.merchants import Merchant
 
 PAYER_IP = "203.0.113.7"  # documentation range: the payer's address the merchant reports
@@ -215,7 +216,7 @@ class DemoRun:
             billing = asyncio.create_task(self._billing(consumer_stop))
             watcher = asyncio.create_task(self._watch(session, sandbox))
             redis = Redis.from_url(self.settings.redis_url)
-            book = OrderBook.from_settings(redis, clock, self.settings)
+            book = bootstrap.order_book(self.settings, redis, clock)
             client = PlatformClient.open(
                 ClientConfig.from_settings(self.settings),
                 {self.merchant.mch_id: self.merchant},

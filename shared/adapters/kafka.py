@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from shared.clock import Clock
     from shared.logs import BoundLogger
+    from shared.ports import Producer
     from shared.settings import Settings
 
 _T = TypeVar("_T")
@@ -184,7 +185,7 @@ class TopicSink:
 
     def __init__(
         self,
-        producer: AIOKafkaProducer,
+        producer: Producer,
         topic: str,
         headers: tuple[tuple[str, bytes], ...] = (),
     ) -> None:

@@ -52,7 +52,6 @@ if TYPE_CHECKING:
 
     from shared.clock import Clock
     from shared.domain.sweep import SweepSchedule
-    from shared.settings import Settings
 
 __all__ = ["EXPIRED_PREFIX", "ORDER_PREFIX", "SWEEPER_LEASE_KEY"]  # re-exported for callers
 
@@ -274,17 +273,6 @@ class OrderBook:
         self._stop_sweeping = redis.register_script(_STOP_SWEEPING)
         self._begin_expire = redis.register_script(_BEGIN_EXPIRE)
         self._finish_expire = redis.register_script(_FINISH_EXPIRE)
-
-    @classmethod
-    def from_settings(cls, redis: Redis, clock: Clock, settings: Settings) -> OrderBook:
-        """Records live until their expiry plus the outcome retention (`OUTCOME_TTL_DAYS`)."""
-        from shared.domain.sweep import SweepSchedule  # noqa: PLC0415 - runtime use only here
-
-        schedule = SweepSchedule.scaled(
-            time_scale=settings.time_scale, order_expiry=settings.order_expiry
-        )
-        ttl = int(schedule.expiry) + 1 + settings.outcome_ttl_days * 86_400
-        return cls(redis, clock, schedule=schedule, record_ttl=ttl)
 
     async def record_pending(self, order: OrderLike) -> None:
         """Record an order as pending, once. Recording the same order again changes nothing

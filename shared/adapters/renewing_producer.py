@@ -51,7 +51,9 @@ class RenewingProducer:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._producer, name)
 
-    async def send_and_wait(self, topic: str, value: Any = None, **options: Any) -> Any:
+    async def send_and_wait(
+        self, topic: str, value: Any = None, key: Any = None, headers: Any = None, **options: Any
+    ) -> Any:
         """Send and wait for the ack; a refused sequence renews the producer and sends again.
         A send that was still pending on a producer another send's renewal replaced fails with
         `ProducerClosed` when that one is stopped: it is made again on the new producer (the
@@ -60,7 +62,9 @@ class RenewingProducer:
         for renewal in range(RENEWALS + 1):
             producer = self._producer
             try:
-                return await producer.send_and_wait(topic, value, **options)
+                return await producer.send_and_wait(
+                    topic, value, key=key, headers=headers, **options
+                )
             except REFUSED_SEQUENCE as exc:
                 if renewal == RENEWALS:
                     raise

@@ -20,7 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from devtools.sandbox.model import SandboxConfig
 from devtools.sandbox.server import build_app
-from shared.adapters.order_book import OrderBook
+from shared import bootstrap
 from shared.adapters.topic_admin import ensure_topics
 from shared.cli import _parser
 from shared.clock import SystemClock
@@ -133,7 +133,7 @@ async def test_requery_settles_a_paid_order_whose_notifications_were_all_lost(
         assert response.status < 300, await response.text()
     redis = open_redis(settings)
     try:
-        book = OrderBook.from_settings(redis, SystemClock(), settings)
+        book = bootstrap.order_book(settings, redis, SystemClock())
         await book.record_pending(OrderRecord(TEST_MCH_ID, name, 10_000, 10, int(time.time())))
 
         code, out = await _requery(settings, TEST_MCH_ID, name, "--dry-run")

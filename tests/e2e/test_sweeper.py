@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from devtools.sandbox.model import SandboxConfig
 from devtools.sandbox.server import build_app
-from shared import topics
+from shared import bootstrap, topics
 from shared.adapters.kafka import CallbackEnvelope, start_producer
 from shared.adapters.order_book import OrderBook, order_record_key
 from shared.adapters.topic_admin import ensure_topics
@@ -148,7 +148,7 @@ def _names(prefix: str, count: int) -> list[str]:
 
 
 async def _record(settings: Settings, redis: Redis, mch_id: str, names: list[str]) -> None:
-    book = OrderBook.from_settings(redis, SystemClock(), settings)
+    book = bootstrap.order_book(settings, redis, SystemClock())
     now = int(time.time())
     for name in names:
         await book.record_pending(OrderRecord(mch_id, name, 10_000, 10, now))
@@ -382,7 +382,7 @@ async def test_orders_published_from_outside_are_used_for_the_amount_check(  # n
             auto_offset_reset="earliest",
         )  # fmt: skip
 
-    book = OrderBook.from_settings(redis, SystemClock(), settings)
+    book = bootstrap.order_book(settings, redis, SystemClock())
     recorder = OrdersConsumer(
         settings, book, producer=producer, clock=SystemClock(), consumer_factory=orders_consumer
     )
@@ -460,7 +460,7 @@ async def test_paid_orders_settle_beside_a_flood_of_orders_that_cannot_be(  # no
         )  # fmt: skip
 
     recorder = OrdersConsumer(
-        settings, OrderBook.from_settings(redis, SystemClock(), settings), producer=producer,
+        settings, bootstrap.order_book(settings, redis, SystemClock()), producer=producer,
         clock=SystemClock(), consumer_factory=orders_consumer,
     )  # fmt: skip
     stop = asyncio.Event()

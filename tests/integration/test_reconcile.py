@@ -18,6 +18,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from shared import bootstrap
 from shared.adapters.kafka import CallbackEnvelope, TopicSink, start_producer
 from shared.adapters.order_book import OrderBook, order_record_key
 from shared.adapters.outcomes import OutcomeStore, lock_key, outcome_key
@@ -515,13 +516,12 @@ async def test_a_notification_older_than_the_replay_window_is_refused_as_stale(
 def test_outcomes_outlive_order_records() -> None:
     """Retention: an outcome (kept from its decision) never expires before the order record
     (kept from its recording for the order's expiry plus the retention)."""
-    from shared.adapters.order_book import OrderBook  # noqa: PLC0415
-    from workers.__main__ import outcome_ttl_seconds  # noqa: PLC0415
-
+    redis = open_redis("redis://127.0.0.1:1/0")  # never asked: only the TTLs are read
     for scale in (1.0, 0.01):
         settings = Settings(time_scale=scale)
-        book = OrderBook.from_settings(open_redis("redis://127.0.0.1:1/0"), SystemClock(), settings)
-        assert outcome_ttl_seconds(settings) >= book._record_ttl
+        book = bootstrap.order_book(settings, redis, SystemClock())
+        ledger = bootstrap.outcome_ledger(settings, redis)
+        assert ledger._ttl >= book._record_ttl > 0
 
 
 async def test_a_dead_letter_too_large_for_the_dlq_goes_without_its_payload(
