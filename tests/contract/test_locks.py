@@ -29,16 +29,6 @@ class Backend:
     advance: Callable[[float], Awaitable[None]]
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("memory", marks=pytest.mark.unit),
-        pytest.param("redis", marks=pytest.mark.integration),
-    ]
-)
-def redis_or_memory(request: pytest.FixtureRequest) -> str | None:
-    return request.getfixturevalue("redis_url") if request.param == "redis" else None
-
-
 @pytest.fixture
 async def backend(redis_or_memory: str | None) -> AsyncIterator[Backend]:
     if redis_or_memory is None:

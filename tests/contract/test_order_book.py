@@ -29,16 +29,6 @@ if TYPE_CHECKING:
 NOW = 1_000_000.0  # the clock of both backends: long before any real order
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("memory", marks=pytest.mark.unit),
-        pytest.param("redis", marks=pytest.mark.integration),
-    ]
-)
-def redis_or_memory(request: pytest.FixtureRequest) -> str | None:
-    return request.getfixturevalue("redis_url") if request.param == "redis" else None
-
-
 @pytest.fixture
 async def book(redis_or_memory: str | None) -> AsyncIterator[tuple[Orders, ManualClock]]:
     clock = ManualClock(NOW)
