@@ -1,13 +1,8 @@
-"""`order.created` messages from merchant systems into the order book.
+"""`order.created` messages from merchant systems into the order book: the orders topic on the
+consumer runtime (workers.runtime), each message through the use case
+`shared.service.record_order` (its format is documented there and in docs/order-book.md).
 
-Any system, in any language, tells paynotify about an order it created by publishing to
-`paynotify.orders`, keyed `mch_id:mch_order`, the JSON object (docs/order-book.md)
-
-    {"type": "order.created", "mch_id": "...", "mch_order": "...", "amt": 10000,
-     "pay_type": 10, "created_at": 1700000000}
-
-`amt` in li, `created_at` in Unix seconds; integers as JSON numbers or plain decimal strings;
-other members are ignored. A message that breaks a rule, names an order already recorded with
+A message that breaks a rule, names an order already recorded with
 other values, or names a merchant without a key in the merchants file (the sweeper could never
 query it), goes to `paynotify.dlq` with its reason. An offset is committed only after every
 message before it was recorded or dead-lettered.
@@ -22,20 +17,18 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer
 
 from shared.adapters.outages import KAFKA_OUTAGES, OUTAGES
-from shared.domain.orders import OrderConflictError, OrderRecord
+from shared.domain.orders import OrderConflictError
 from shared.logs import get_logger
 from shared.merchants import load_merchants
 from shared.platform.retry import wait_out
-from shared.protocol.catalog import DOCUMENTED_PAY_TYPES
 from shared.protocol.errors import clean_msg
-from shared.protocol.fields import FieldError, check_text, parse_int
-from shared.protocol.payment import MAX_AMOUNT_LI, order_key
+from shared.service.record_order import OrderMessageError, record_order
 from shared.service.settle import dead_letter
 from workers.keyed import KeyedRunner
 from workers.runtime import ConsumerRuntime
@@ -50,84 +43,12 @@ if TYPE_CHECKING:
     from shared.ports import Orders
     from shared.settings import Settings
 
-MESSAGE_TYPE: Final = "order.created"
-MAX_TIMESTAMP: Final = 10**11  # Unix seconds far beyond any real order; keeps garbage out
-PAY_TYPES: Final = frozenset(p.code for p in DOCUMENTED_PAY_TYPES)
 ORDERS_CONCURRENCY: Final = 32  # orders recorded at once, at most (one per order at a time)
 _T = TypeVar("_T")
 
 
 class _Stopped(Exception):  # noqa: N818 - a signal, not an error
     """Raised out of a wait for Redis or Kafka once the consumer is asked to stop."""
-
-
-class OrderMessageError(ValueError):
-    """A message that cannot be recorded; `reason` is machine-readable, `detail` never quotes
-    a value."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
-
-def _integer(document: dict[str, Any], name: str, *, minimum: int, maximum: int) -> int:
-    value = document.get(name)
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise FieldError(name, "must be an integer")
-    return parse_int(name, str(value), minimum=minimum, maximum=maximum)
-
-
-def _text(document: dict[str, Any], name: str, max_length: int) -> str:
-    value = document.get(name)
-    if not isinstance(value, str):
-        raise FieldError(name, "must be a string")
-    return check_text(name, value, max_length=max_length)
-
-
-def parse_order_created(
-    value: bytes | None,
-    key: bytes | None,
-    pay_types: Container[int] = PAY_TYPES,
-    merchants: Container[str] | None = None,
-) -> OrderRecord:
-    """The pending record an `order.created` message describes, or `OrderMessageError`.
-    `merchants`: the merchant ids with keys; an order of any other is `unknown_merchant` (None:
-    not checked)."""
-    try:
-        document = orjson.loads(value or b"")
-    except orjson.JSONDecodeError:
-        raise OrderMessageError("undecodable", "the message is not JSON") from None
-    if not isinstance(document, dict):
-        raise OrderMessageError("undecodable", "the message is not a JSON object")
-    if document.get("type") != MESSAGE_TYPE:
-        raise OrderMessageError("unknown_type", f"the message's type is not {MESSAGE_TYPE}")
-    try:
-        record = OrderRecord(
-            mch_id=_text(document, "mch_id", 32),
-            mch_order=_text(document, "mch_order", 50),
-            amt=_integer(document, "amt", minimum=1, maximum=MAX_AMOUNT_LI),
-            pay_type=_integer(document, "pay_type", minimum=1, maximum=10**6),
-            created_at=_integer(document, "created_at", minimum=1, maximum=MAX_TIMESTAMP),
-            # Optional: the sum a bank transfer's payer was asked to pay (create-order answer).
-            transfer_amt=(
-                _integer(document, "transfer_amt", minimum=1, maximum=MAX_AMOUNT_LI)
-                if document.get("transfer_amt") is not None
-                else None
-            ),
-        )
-    except FieldError as exc:
-        raise OrderMessageError("invalid_fields", str(exc)) from None
-    if record.pay_type not in pay_types:
-        raise OrderMessageError("invalid_fields", "field 'pay_type': is not a known pay type")
-    if key is None or key != order_key(record.mch_id, record.mch_order).encode():
-        raise OrderMessageError("key_mismatch", "the message key is not mch_id:mch_order")
-    if merchants is not None and record.mch_id not in merchants:
-        raise OrderMessageError(
-            "unknown_merchant",
-            "the merchant has no key in the merchants file: it cannot be queried",
-        )
-    return record
 
 
 def orders_consumer_factory(settings: Settings) -> Callable[[], AIOKafkaConsumer]:
@@ -290,8 +211,7 @@ class OrdersConsumer:
         value: bytes | None = record.value
         key: bytes | None = record.key
         try:
-            order = parse_order_created(value, key, merchants=self._merchants)
-            created = await self._book.record(order)
+            order, created = await record_order(self._book, value, key, merchants=self._merchants)
         except OrderMessageError as exc:
             await self._dead_letter(exc.reason, exc.detail, origin, key, value, give_way)
             return

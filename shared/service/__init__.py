@@ -4,4 +4,5 @@ arrive (the consumer runtime in workers/) and how the ports are implemented (sha
 - `settle`: settle one payment notification (or a report the sweeper found by asking):
   verify, take the payment's lock or find its outcome, query the platform, decide
   (shared.domain.decision), write the outcome once, publish it, or defer or dead-letter.
+- `record_order`: record an order a merchant system announced (`order.created`), once.
 """

@@ -62,16 +62,12 @@ from shared.protocol.models import OrderQueryAnswer
 from shared.protocol.payment import PaymentReport, PaymentStatus, parse_payment_report
 from shared.protocol.signing import MerchantKey, signed
 from shared.query_envelope import query_envelope
+from shared.service.record_order import PAY_TYPES, OrderMessageError, parse_order_created
 from shared.service.settle import Reconciler, Settlement, Work, dead_letter
 from shared.settings import Settings
 from shared.trace import HEADER as TRACE_HEADER
 from shared.trace import start
-from workers.orders_consumer import (
-    PAY_TYPES,
-    OrderMessageError,
-    OrdersConsumer,
-    parse_order_created,
-)
+from workers.orders_consumer import OrdersConsumer
 from workers.sweeper import Sweeper, SweeperLimits
 
 pytestmark = pytest.mark.unit

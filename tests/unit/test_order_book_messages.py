@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from shared.domain.orders import OrderRecord, OrderState
-from workers.orders_consumer import OrderMessageError, parse_order_created
+from shared.service.record_order import OrderMessageError, parse_order_created
 
 pytestmark = pytest.mark.unit
 
