@@ -5,4 +5,6 @@ arrive (the consumer runtime in workers/) and how the ports are implemented (sha
   verify, take the payment's lock or find its outcome, query the platform, decide
   (shared.domain.decision), write the outcome once, publish it, or defer or dead-letter.
 - `record_order`: record an order a merchant system announced (`order.created`), once.
+- `sweep`: one pending order the sweeper claimed: query it, forward a paid answer to the
+  workers, expire it unpaid at expiry, give up on one that cannot be queried.
 """

@@ -64,11 +64,12 @@ from shared.protocol.signing import MerchantKey, signed
 from shared.query_envelope import query_envelope
 from shared.service.record_order import PAY_TYPES, OrderMessageError, parse_order_created
 from shared.service.settle import Reconciler, Settlement, Work, dead_letter
+from shared.service.sweep import SweepOrder
 from shared.settings import Settings
 from shared.trace import HEADER as TRACE_HEADER
 from shared.trace import start
+from tests.support.fakes import MemoryOrderBook, ScriptedPlatform
 from workers.orders_consumer import OrdersConsumer
-from workers.sweeper import Sweeper, SweeperLimits
 
 pytestmark = pytest.mark.unit
 
@@ -575,38 +576,29 @@ async def test_the_orders_consumers_dead_letters_keep_the_messages_key() -> None
 # --- the sweeper: forwards, expiries, dead letters ---------------------------------------------
 
 
-class Book:
-    """The two order-book steps of an expiry: emit the event once, then mark it done."""
-
-    async def begin_expire(self, _: OrderRecord) -> str:
-        return "emit"
-
-    async def finish_expire(self, _: OrderRecord) -> None:
-        return None
-
-
-def sweeper(producer: Producer) -> Sweeper:
-    return Sweeper(
-        Book(), None, None, producer,  # type: ignore[arg-type]  # no claims, no queries here
+def sweep_order(producer: Producer, book: MemoryOrderBook) -> SweepOrder:
+    return SweepOrder(
+        book, ScriptedPlatform(), producer,  # no query is made here: the steps are driven
         clock=ManualClock(NOW), schedule=SweepSchedule.scaled(time_scale=1.0, order_expiry=60.0),
-        limits=SweeperLimits(rate=10.0, concurrency=1), callbacks_topic="callbacks",
-        events_topic="events", dlq_topic="dlq",
+        rate=10.0, callbacks_topic="callbacks", events_topic="events", dlq_topic="dlq",
     )  # fmt: skip
 
 
 async def test_the_sweepers_messages_and_keys_are_the_documented_ones() -> None:
     """The sweeper's three writes (a paid answer forwarded as a query-sourced envelope, an
     order.expired event, a dead letter for an order given up): each validates against its
-    message and carries the documented key. (Its loop claims orders in Redis; these are the
-    steps that write to Kafka, driven directly.)"""
+    message and carries the documented key. (The sweep decides when; these are its writes,
+    driven directly through the use case's steps.)"""
     producer = Producer()
-    swept = sweeper(producer)
+    book = MemoryOrderBook(ManualClock(NOW))
+    await book.record(record())
+    swept = sweep_order(producer, book)
     answer = OrderQueryAnswer(report=report(), key_id="sha256:k", raw=notification())
-    await swept._forward(record(), answer)
+    await swept.forward(record(), answer)
     expired = decide_expiry(record(), QueryAnswer(report=None, queried_at=int(NOW)))
     assert expired is not None
-    await swept._expire(record(), ExpireOrder(event=expired))
-    await swept._dead_letter(f"{MCH_ID}:{ORDER}", None, "internal_error", "boom")
+    await swept.expire(record(), ExpireOrder(event=expired))
+    assert await swept.dead_letter(f"{MCH_ID}:{ORDER}", None, "internal_error", "boom")
     forward, event, letter = producer.sent
 
     assert (forward[0], forward[2]) == ("callbacks", key_of("CallbackEnvelope"))
