@@ -20,7 +20,8 @@ from shared.adapters.outages import OUTAGES, REDIS_OUTAGES
 from shared.logs import get_logger
 from shared.platform.retry import OUTAGE_BACKOFF, wait_out
 from shared.protocol.payment import order_key
-from shared.service.settle import Settlement, Work, publish_dead_letter
+from shared.service.dead_letters import publish_dead_letter
+from shared.service.settle import Settlement, Work
 from shared.trace import from_headers as trace_from_headers
 from shared.tracing import Spans
 from workers.runtime import ConsumerRuntime

@@ -28,8 +28,8 @@ from shared.logs import get_logger
 from shared.merchants import load_merchants
 from shared.platform.retry import wait_out
 from shared.protocol.errors import clean_msg
+from shared.service.dead_letters import dead_letter
 from shared.service.record_order import OrderMessageError, record_order
-from shared.service.settle import dead_letter
 from workers.keyed import KeyedRunner
 from workers.runtime import ConsumerRuntime
 

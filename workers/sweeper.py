@@ -40,7 +40,7 @@ from shared.logs import get_logger
 from shared.platform.retry import OUTAGE_BACKOFF
 from shared.protocol.errors import clean_msg
 from shared.protocol.payment import order_fields
-from shared.service.settle import dead_letter
+from shared.service.dead_letters import dead_letter
 from shared.service.sweep import DLQ_ORIGIN, Claimed, SweepOrder, printable
 from shared.trace import HEADER as TRACE_HEADER
 from shared.trace import start

@@ -3,7 +3,7 @@
 
 Pure: bytes in, frozen values out. Nothing read from Kafka is trusted: a record that does not
 have the shape its writer gives it raises `RecordError`, which the tools report and skip.
-Dead letters are written by `shared.service.settle.dead_letter` (reason, detail, origin, failed_at,
+Dead letters are written by `shared.service.dead_letters.dead_letter` (reason, detail, origin, failed_at,
 and the original message as `payload` JSON, `payload_base64`, or `payload_omitted` saying why it
 is missing); events by `shared.domain.events.encode` (CloudEvents 1.0, structured).
 """

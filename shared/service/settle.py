@@ -14,16 +14,14 @@ platform with those keys) before any state is read or written.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import random
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
-from aiokafka.errors import KafkaError
 
 from shared.adapters.kafka import CallbackEnvelope, EnvelopeError
 from shared.adapters.outages import OUTAGES
@@ -63,6 +61,7 @@ from shared.protocol.fields import FieldError
 from shared.protocol.models import ENVELOPE_FIELDS
 from shared.protocol.payment import PaymentReport, order_fields, parse_payment_report
 from shared.protocol.signing import SignatureError, verify
+from shared.service.dead_letters import publish_dead_letter
 from shared.trace import TraceParent
 from shared.trace import parse as trace_parse
 
@@ -152,41 +151,6 @@ def _retry_count(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1000:
         raise EnvelopeError("retry entry counts must be integers from 0 to 1000")
     return value
-
-
-def dead_letter(
-    reason: str, detail: str, origin: str, payload: bytes, at: float, *, omit: str | None = None
-) -> bytes:
-    """A DLQ record: enough to understand and replay the message, never a key. With `omit`, the
-    payload is left out and `payload_omitted` says why (the DLQ refused the whole record)."""
-    document: dict[str, Any] = {
-        "reason": reason,
-        "detail": detail,
-        "origin": origin,
-        "failed_at": at,
-    }
-    if omit is not None:
-        document["payload_omitted"] = omit
-        return orjson.dumps(document)
-    try:
-        document["payload"] = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        document["payload_base64"] = base64.b64encode(payload).decode()
-    return orjson.dumps(document)
-
-
-async def publish_dead_letter(
-    dlq: Sink, key: str, *, reason: str, detail: str, origin: str, payload: bytes, at: float
-) -> None:
-    """Publish the dead letter; if the DLQ refuses it for something waiting cannot fix (too
-    large), publish it without its payload. Outages raise: the caller waits them out."""
-    try:
-        await dlq.publish(key, dead_letter(reason, detail, origin, payload, at))
-    except OUTAGES:
-        raise
-    except (KafkaError, ValueError) as exc:
-        omitted = f"{len(payload)} bytes, refused by the DLQ ({type(exc).__name__})"
-        await dlq.publish(key, dead_letter(reason, detail, origin, payload, at, omit=omitted))
 
 
 class _Refused(Exception):  # noqa: N818 - a refusal, not an error of ours

@@ -44,7 +44,7 @@ from shared.platform.retry import wait_out
 from shared.protocol.errors import OrderNotFound, PlatformError, UnknownMerchant, clean_msg
 from shared.protocol.payment import order_fields
 from shared.query_envelope import query_envelope
-from shared.service.settle import dead_letter
+from shared.service.dead_letters import dead_letter
 from shared.trace import HEADER as TRACE_HEADER
 from shared.tracing import Spans
 

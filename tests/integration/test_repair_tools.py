@@ -38,7 +38,8 @@ from shared.protocol.catalog import PayTypeCatalog
 from shared.protocol.models import OrderQueryAnswer
 from shared.protocol.payment import PaymentReport, PaymentStatus, report_fields
 from shared.protocol.signing import signed
-from shared.service.settle import Reconciler, Settlement, Work, publish_dead_letter
+from shared.service.dead_letters import publish_dead_letter
+from shared.service.settle import Reconciler, Settlement, Work
 from shared.settings import Settings
 from tests.conftest import TEST_KEY, TEST_MCH_ID
 from tests.support.redis_db import clean_db, in_db
@@ -155,7 +156,7 @@ async def _dead_letter_from_callbacks(
     env: Env, order: str, reason: str
 ) -> tuple[CallbackEnvelope, Any]:
     """A notification on the callbacks topic, then its dead letter as the worker writes it
-    (shared.service.settle.publish_dead_letter, origin = the record's position)."""
+    (shared.service.dead_letters.publish_dead_letter, origin = the record's position)."""
     envelope = _envelope(order)
     key = f"{TEST_MCH_ID}:{order}"
     sent = await env.producer.send_and_wait(

@@ -62,8 +62,9 @@ from shared.protocol.models import OrderQueryAnswer
 from shared.protocol.payment import PaymentReport, PaymentStatus, parse_payment_report
 from shared.protocol.signing import MerchantKey, signed
 from shared.query_envelope import query_envelope
+from shared.service.dead_letters import dead_letter
 from shared.service.record_order import PAY_TYPES, OrderMessageError, parse_order_created
-from shared.service.settle import Reconciler, Settlement, Work, dead_letter
+from shared.service.settle import Reconciler, Settlement, Work
 from shared.service.sweep import SweepOrder
 from shared.settings import Settings
 from shared.trace import HEADER as TRACE_HEADER

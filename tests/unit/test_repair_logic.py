@@ -34,7 +34,7 @@ from shared.ops.status import lag_rows
 from shared.protocol.models import OrderQueryAnswer
 from shared.protocol.payment import PaymentReport, PaymentStatus
 from shared.query_envelope import query_envelope
-from shared.service.settle import dead_letter
+from shared.service.dead_letters import dead_letter
 
 pytestmark = pytest.mark.unit
 
