@@ -3,9 +3,9 @@
 
 Pure: bytes in, frozen values out. Nothing read from Kafka is trusted: a record that does not
 have the shape its writer gives it raises `RecordError`, which the tools report and skip.
-Dead letters are written by `shared.service.dead_letters.dead_letter` (reason, detail, origin, failed_at,
-and the original message as `payload` JSON, `payload_base64`, or `payload_omitted` saying why it
-is missing); events by `shared.domain.events.encode` (CloudEvents 1.0, structured).
+Dead letters are written by `shared.service.dead_letters.dead_letter` (reason, detail, origin,
+failed_at, and the original message as `payload` JSON, `payload_base64`, or `payload_omitted`
+saying why it is missing); events by `shared.domain.events.encode` (CloudEvents 1.0, structured).
 """
 
 from __future__ import annotations
