@@ -33,7 +33,7 @@ from shared.probes import StatsCollector, new_registry, platform_calls, process_
 from shared.process import serve
 from shared.protocol.payment import order_fields
 from shared.tracing import Spans
-from workers.consumer import RetryPoller, callbacks_consumer
+from workers.consumer import callbacks_consumer, retries_consumer
 from workers.keyed import KeyedRunner
 from workers.orders_consumer import OrdersConsumer
 
@@ -135,7 +135,7 @@ async def _run_worker(  # noqa: PLR0917 - the collaborators run_worker built
         stats=stats,
         spans=Spans.from_env(os.environ, "worker"),
     )
-    retries = RetryPoller(
+    retries = retries_consumer(
         store,
         runner,
         reconciler.settle,

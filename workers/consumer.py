@@ -1,6 +1,6 @@
-"""The worker's consumers: the callbacks topic's strategy on the consumer runtime
-(workers.runtime: keyed concurrency, safe commits, rebalance hand-over), and the poller that
-brings deferred work back from the Redis retry set through the same runner (`RetryPoller`).
+"""The worker's strategies on the consumer runtime (workers.runtime): the callbacks topic
+(`SettleCallbacks`: keyed concurrency, safe commits, rebalance hand-over) and the Redis retry
+set of deferred work (`SettleRetries`), both settling through the same use case and runner.
 
 Before any commit the outcomes this process published are marked in Redis, so a redelivery
 finds them; a cycle that cannot mark them commits nothing and is tried again at the next one.
@@ -8,25 +8,23 @@ finds them; a cycle that cannot mark them commits nothing and is tried again at 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import random
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from redis.exceptions import RedisError
-
 from shared.adapters.kafka import CallbackEnvelope, EnvelopeError
-from shared.adapters.outages import OUTAGES, REDIS_OUTAGES
+from shared.adapters.outages import OUTAGES
 from shared.logs import get_logger
-from shared.platform.retry import OUTAGE_BACKOFF, wait_out
+from shared.platform.retry import wait_out
 from shared.protocol.payment import order_key
 from shared.service.dead_letters import publish_dead_letter
 from shared.service.settle import Settlement, Work
 from shared.trace import from_headers as trace_from_headers
 from shared.tracing import Spans
-from workers.runtime import ConsumerRuntime
+from workers.runtime import REDIS_TROUBLE, ConsumerRuntime, RetrySetRuntime
 
 if TYPE_CHECKING:
+    import asyncio
     from collections import Counter
     from collections.abc import Awaitable, Callable
 
@@ -36,11 +34,6 @@ if TYPE_CHECKING:
     from shared.clock import Clock
     from shared.ports import OutcomeLedger, Sink
     from workers.keyed import KeyedRunner
-
-
-# What the marks, claims and finishes of Redis bookkeeping wait out and try again: any Redis
-# error (they touch no item's data), the cluster's own (not all are RedisErrors), sockets.
-_REDIS_TROUBLE: tuple[type[Exception], ...] = (RedisError, *REDIS_OUTAGES, OSError)
 
 
 class SettleCallbacks:
@@ -88,7 +81,7 @@ class SettleCallbacks:
         """A redelivery after the commit must find the outcomes marked published."""
         try:
             await self._store.flush_published()
-        except _REDIS_TROUBLE as exc:
+        except REDIS_TROUBLE as exc:
             # Redis away: no commit this cycle (the marks must come first); the next tries.
             self._log.warning("mark_published_failed", error=type(exc).__name__)
             return False
@@ -130,89 +123,69 @@ def callbacks_consumer(
     )  # fmt: skip
 
 
-class RetryPoller:
-    """Brings deferred work back when due, through the same runner as fresh messages. A member
-    of the retry set that does not parse (Redis values are not trusted) is dead-lettered as
-    `corrupt_retry_entry` and removed, never allowed to stop the poller."""
+class SettleRetries:
+    """The retry set's strategy (workers.runtime.RetrySetRuntime): deferred work settled again
+    through the use case. A member that does not parse (Redis values are not trusted) is
+    dead-lettered as `corrupt_retry_entry` and removed, never allowed to stop the worker."""
 
     def __init__(
         self,
-        store: OutcomeLedger,
-        runner: KeyedRunner,
         settle: Callable[[Work], Awaitable[Settlement]],
         *,
         dlq: Sink,
         clock: Clock,
         stats: Counter[str],
-        interval: float = 0.25,
-        lease: float = 120.0,
-        batch: int = 200,
     ) -> None:
-        self._store = store
-        self._runner = runner
         self._settle = settle
         self._dlq = dlq
         self._clock = clock
         self._stats = stats
-        self._interval = interval
-        self._lease = lease
-        self._batch = batch
-        self._log = get_logger("worker.retries")
 
-    async def run(self, stop: asyncio.Event) -> None:
-        outages = 0
-        while not stop.is_set():
-            try:
-                members = await self._store.claim_retries(
-                    self._clock.time(), self._lease, self._batch
-                )
-            except _REDIS_TROUBLE as exc:
-                delay = OUTAGE_BACKOFF.backoff(outages, random.random)
-                outages += 1
-                self._log.warning("retry_claim_failed", error=type(exc).__name__)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await stop.wait()
-                continue
-            outages = 0
-            for member in members:
-                await self._dispatch(member)
-            if len(members) < self._batch:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._interval):
-                        await stop.wait()
-
-    async def _dispatch(self, member: bytes) -> None:
+    def key(self, record: bytes, origin: str) -> str:  # noqa: ARG002 - members carry their key
         try:
-            work = Work.from_retry(member)
+            work = Work.from_retry(record)
+        except EnvelopeError:
+            return repr(record[:64])
+        return order_key(work.envelope.fields.get("mch_id", ""), work.envelope.fields["mch_order"])
+
+    async def process(self, record: bytes, origin: str, give_way: asyncio.Event) -> bool:
+        try:
+            work = Work.from_retry(record)
         except EnvelopeError as exc:
-            detail = str(exc)
-            await self._runner.submit(repr(member[:64]), lambda: self._corrupt(member, detail))
-            return
-        key = order_key(work.envelope.fields.get("mch_id", ""), work.envelope.fields["mch_order"])
+            await self._corrupt(record, origin, str(exc))
+            return True
+        # Stopping: a wait for another worker's lock gives way (the member comes due again).
+        settled = await self._settle(replace(work, give_way=give_way))
+        return settled is not Settlement.GAVE_WAY
 
-        async def job() -> None:
-            await self._settle(work)
-            # Only now: until here a crash leaves the member to come due again after its lease.
-            await self._finish(member)
+    async def before_commit(self) -> bool:
+        return True  # a settled member is removed at once (the runtime), nothing to wait for
 
-        await self._runner.submit(key, job)
-
-    async def _corrupt(self, member: bytes, detail: str) -> None:
+    async def _corrupt(self, member: bytes, origin: str, detail: str) -> None:
         now = self._clock.time()
         await wait_out(
             lambda: publish_dead_letter(
-                self._dlq, "retry-set", reason="corrupt_retry_entry", detail=detail,
-                origin="retry-set", payload=member, at=now,
+                self._dlq, origin, reason="corrupt_retry_entry", detail=detail,
+                origin=origin, payload=member, at=now,
             ),
             errors=OUTAGES, clock=self._clock, random=random.random,
         )  # fmt: skip
         self._stats["dead_lettered"] += 1
         self._stats["dead_letter:corrupt_retry_entry"] += 1
-        await self._finish(member)
 
-    async def _finish(self, member: bytes) -> None:
-        await wait_out(
-            lambda: self._store.finish_retry(member),
-            errors=_REDIS_TROUBLE, clock=self._clock, random=random.random,
-        )  # fmt: skip
+
+def retries_consumer(
+    store: OutcomeLedger,
+    runner: KeyedRunner,
+    settle: Callable[[Work], Awaitable[Settlement]],
+    *,
+    dlq: Sink,
+    clock: Clock,
+    stats: Counter[str],
+    interval: float = 0.25,
+) -> RetrySetRuntime:
+    """The retry set on the consumer runtime, settling each member again with `settle`."""
+    return RetrySetRuntime(
+        store, runner, SettleRetries(settle, dlq=dlq, clock=clock, stats=stats),
+        clock=clock, stats=stats, log_name="worker.retries", interval=interval,
+    )  # fmt: skip

@@ -1,7 +1,11 @@
-"""The one consumer runtime of the workers: every topic they read (callbacks, orders) runs on it.
+"""The one consumer runtime of the workers: every source of work they take runs on it, the
+Kafka topics (callbacks, orders: `ConsumerRuntime`) and the Redis retry set of deferred work
+(`RetrySetRuntime`).
 
 A *strategy* says what one message means (`Strategy.process`) and what must be true before a
-commit (`Strategy.before_commit`); the runtime does the rest, the same way for every topic:
+commit (`Strategy.before_commit`); the runtime does the rest, the same way for every source
+(the retry set's "commit" is removing a member once it is settled; a member not settled comes
+due again after its lease):
 
 - Messages for different keys run concurrently (a `KeyedRunner`: at most its limit held, which
   is the backpressure on the fetch loop), messages for one key in arrival order.
@@ -19,15 +23,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
+from redis.exceptions import RedisError
 
+from shared.adapters.outages import REDIS_OUTAGES
+from shared.clock import sleep_unless
 from shared.logs import get_logger
-from shared.platform.retry import OUTAGE_BACKOFF
+from shared.platform.retry import OUTAGE_BACKOFF, wait_out
 from workers.offsets import PartitionOffsets
+
+ItemT_contra = TypeVar("ItemT_contra", contravariant=True)
 
 if TYPE_CHECKING:
     from collections import Counter
@@ -37,17 +46,23 @@ if TYPE_CHECKING:
     from aiokafka.structs import ConsumerRecord
 
     from shared.clock import Clock
+    from shared.ports import OutcomeLedger
     from workers.keyed import KeyedRunner
 
+# What claims and removals of the retry set wait out and try again: any Redis error (they touch
+# no item's data), the cluster's own (not all are RedisErrors), sockets.
+REDIS_TROUBLE: tuple[type[Exception], ...] = (RedisError, *REDIS_OUTAGES, OSError)
+RETRY_SET = "retry-set"  # the origin of the retry set's work, in logs and dead letters
 
-class Strategy(Protocol):
-    """What one topic's messages mean."""
 
-    def key(self, record: ConsumerRecord, origin: str) -> str:
+class Strategy(Protocol[ItemT_contra]):
+    """What one source's messages mean (a Kafka record, a retry-set member)."""
+
+    def key(self, record: ItemT_contra, origin: str) -> str:
         """The key whose messages run one at a time, in order (`origin` when it has none)."""
         ...
 
-    async def process(self, record: ConsumerRecord, origin: str, give_way: asyncio.Event) -> bool:
+    async def process(self, record: ItemT_contra, origin: str, give_way: asyncio.Event) -> bool:
         """Handle one message; True once it is settled (its offset may be committed), False
         when it gave way (its partition was revoked or the runtime is stopping: the next owner
         has it). It must handle its own errors: one that escapes stops the runtime."""
@@ -98,7 +113,7 @@ class ConsumerRuntime:
         consumer: AIOKafkaConsumer,
         topics: Sequence[str],
         runner: KeyedRunner,
-        strategy: Strategy,
+        strategy: Strategy[ConsumerRecord],
         *,
         clock: Clock,
         stats: Counter[str],
@@ -237,3 +252,63 @@ class ConsumerRuntime:
             partitions=sorted(tp.partition for tp in owned),
             seconds=round(self._clock.monotonic() - started, 3),
         )
+
+
+class RetrySetRuntime:
+    """The retry set (deferred work in Redis) as a source: members due are claimed with a lease
+    (hidden from other workers meanwhile), run through the same runner as fresh messages, and
+    removed once settled; one not settled (the worker stopped, crashed, or gave way) comes due
+    again when its lease runs out. Redis being away is waited out."""
+
+    def __init__(
+        self,
+        store: OutcomeLedger,
+        runner: KeyedRunner,
+        strategy: Strategy[bytes],
+        *,
+        clock: Clock,
+        stats: Counter[str],
+        log_name: str,
+        interval: float = 0.25,
+        lease: float = 120.0,
+        batch: int = 200,
+    ) -> None:
+        self._store = store
+        self._runner = runner
+        self._strategy = strategy
+        self._clock = clock
+        self._stats = stats
+        self._interval = interval
+        self._lease = lease
+        self._batch = batch
+        self._log = get_logger(log_name)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        outages = 0
+        while not stop.is_set():
+            try:
+                members = await self._store.claim_retries(
+                    self._clock.time(), self._lease, self._batch
+                )
+            except REDIS_TROUBLE as exc:
+                delay = OUTAGE_BACKOFF.backoff(outages, random.random)
+                outages += 1
+                self._log.warning("retry_claim_failed", error=type(exc).__name__)
+                await sleep_unless(self._clock, delay, stop)
+                continue
+            outages = 0
+            for member in members:
+                await self._dispatch(member, stop)
+            if len(members) < self._batch:
+                await sleep_unless(self._clock, self._interval, stop)
+
+    async def _dispatch(self, member: bytes, stop: asyncio.Event) -> None:
+        async def job() -> None:
+            if await self._strategy.process(member, RETRY_SET, stop):
+                # Only now: until here a crash leaves the member to come due after its lease.
+                await wait_out(
+                    lambda: self._store.finish_retry(member),
+                    errors=REDIS_TROUBLE, clock=self._clock, random=random.random,
+                )  # fmt: skip
+
+        await self._runner.submit(self._strategy.key(member, RETRY_SET), job)

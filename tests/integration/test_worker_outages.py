@@ -23,7 +23,7 @@ from shared.ports import RecordedOutcome
 from shared.service.settle import Settlement, Work
 from shared.settings import Settings
 from tests.support.redis_db import retry_set
-from workers.consumer import RetryPoller, callbacks_consumer
+from workers.consumer import callbacks_consumer, retries_consumer
 from workers.keyed import KeyedRunner
 
 if TYPE_CHECKING:
@@ -129,7 +129,7 @@ async def test_a_corrupt_retry_entry_is_dead_lettered_and_removed(
 
     stop = asyncio.Event()
     stats: Counter[str] = Counter()
-    poller = RetryPoller(
+    poller = retries_consumer(
         OutcomeStore(client, outcome_ttl_seconds=60, lock_ttl_ms=1000),
         KeyedRunner(4),
         settle,
