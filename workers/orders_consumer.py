@@ -141,7 +141,7 @@ class OrdersConsumer:
         consumer = self._make_consumer()
         runtime = ConsumerRuntime(
             consumer, sorted(consumer.subscription()), self._runner, self,
-            clock=self._clock, stats=self.stats, log_name="orders",
+            clock=self._clock, stats=self.stats, log_name="orders", event_prefix="orders_",
             max_records=self._max_records,
         )  # fmt: skip
         runtime.subscribe()  # the runtime's rebalance hand-over

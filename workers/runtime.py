@@ -118,10 +118,13 @@ class ConsumerRuntime:
         clock: Clock,
         stats: Counter[str],
         log_name: str,
+        event_prefix: str = "",
         commit_interval: float = 0.2,
         revoke_deadline: float = 15.0,
         max_records: int = 500,
     ) -> None:
+        """`event_prefix` goes before the runtime's log events (`orders_` for the orders topic),
+        so a worker's `partitions_assigned` and `partitions_revoked` stay its callbacks'."""
         self._consumer = consumer
         self._topics = list(topics)
         self._runner = runner
@@ -133,6 +136,7 @@ class ConsumerRuntime:
         self._max_records = max_records
         self._owned: dict[TopicPartition, _Owned] = {}
         self._log = get_logger(log_name)
+        self._prefix = event_prefix
 
     def subscribe(self) -> None:
         self._consumer.subscribe(self._topics, listener=_Rebalance(self))
@@ -148,7 +152,9 @@ class ConsumerRuntime:
             except KafkaError as exc:  # the broker away: wait it out, never exit for it
                 delay = OUTAGE_BACKOFF.backoff(outages, random.random)
                 outages += 1
-                self._log.warning("fetch_failed", error=type(exc).__name__, pause=round(delay, 3))
+                self._log.warning(
+                    self._prefix + "fetch_failed", error=type(exc).__name__, pause=round(delay, 3)
+                )
                 await self._clock.sleep(delay)
                 continue
             outages = 0
@@ -217,12 +223,12 @@ class ConsumerRuntime:
         except CommitFailedError as exc:
             # The group moved on: the new owner redelivers from its last commit; handling is
             # idempotent (write-once outcomes, recorded orders), so that only repeats work.
-            self._log.warning("commit_failed", error=str(exc))
+            self._log.warning(self._prefix + "commit_failed", error=str(exc))
             return
         except KafkaError as exc:
             # The broker away: the same positions are committed at the next cycle.
             self._stats["commit_skipped"] += 1
-            self._log.warning("commit_failed", error=type(exc).__name__)
+            self._log.warning(self._prefix + "commit_failed", error=type(exc).__name__)
             return
         for offsets, position in positions.values():
             offsets.committed(position)
@@ -230,7 +236,9 @@ class ConsumerRuntime:
     def assign(self, assigned: list[TopicPartition]) -> None:
         for tp in assigned:
             self._owned.setdefault(tp, _Owned())
-        self._log.info("partitions_assigned", partitions=sorted(tp.partition for tp in assigned))
+        self._log.info(
+            self._prefix + "partitions_assigned", partitions=sorted(tp.partition for tp in assigned)
+        )
 
     async def revoke(self, revoked: list[TopicPartition]) -> None:
         """Hand revoked partitions over quickly: their jobs are told to give way at once, the
@@ -248,7 +256,7 @@ class ConsumerRuntime:
         for tp in owned:
             del self._owned[tp]
         self._log.info(
-            "partitions_revoked",
+            self._prefix + "partitions_revoked",
             partitions=sorted(tp.partition for tp in owned),
             seconds=round(self._clock.monotonic() - started, 3),
         )

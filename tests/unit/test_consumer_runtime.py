@@ -188,3 +188,22 @@ async def test_a_job_that_raises_stops_the_runtime_with_its_error() -> None:
             await runtime(consumer, strategy, stats).run(asyncio.Event())
     assert isinstance(raised.value.__cause__, ValueError)
     assert all(c.get(P0, 0) <= 1 for c in consumer.commits)  # never past the failed message
+
+
+def test_a_runtime_s_events_carry_its_prefix(caplog: pytest.LogCaptureFixture) -> None:
+    """A worker's `partitions_assigned` is its callbacks': the orders topic's runtime logs
+    `orders_partitions_assigned` (reading both as one mixed the orders topic's partitions into
+    the callbacks' hand-over, seen in tests/e2e/test_worker_group.py)."""
+    made = ConsumerRuntime(
+        ScriptedConsumer(),  # type: ignore[arg-type]
+        [TOPIC],
+        KeyedRunner(1),
+        Strategy(),
+        clock=SystemClock(),
+        stats=Counter(),
+        log_name="test.orders",
+        event_prefix="orders_",
+    )
+    with caplog.at_level("INFO", logger="paynotify"):
+        made.assign([P0])
+    assert [r.getMessage() for r in caplog.records] == ["orders_partitions_assigned"]
