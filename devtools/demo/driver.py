@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
 import aiohttp
-from redis.asyncio import Redis
 
 from devtools.demo.isolation import (
     claim_database,
@@ -34,6 +33,7 @@ from devtools.demo.report import Observed, SeenEvent
 from devtools.stack.pipeline import Pipeline
 from shared import bootstrap
 from shared.adapters.outages import OUTAGES
+from shared.adapters.redis_client import connect_redis
 from shared.clock import SystemClock
 from shared.merchants import load_merchants
 from shared.platform.client import ClientConfig, PlatformClient
@@ -215,7 +215,10 @@ class DemoRun:
             consumer_stop = asyncio.Event()
             billing = asyncio.create_task(self._billing(consumer_stop))
             watcher = asyncio.create_task(self._watch(session, sandbox))
-            redis = Redis.from_url(self.settings.redis_url)
+            # The one way processes open Redis: a cluster client for a cluster URL.
+            redis = connect_redis(
+                self.settings.redis_url, max_connections=self.config.create_concurrency + 8
+            )
             book = bootstrap.order_book(self.settings, redis, clock)
             client = PlatformClient.open(
                 ClientConfig.from_settings(self.settings),

@@ -12,6 +12,7 @@ an empty database of its own.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -26,6 +27,8 @@ import pytest
 from redis import Redis
 
 from devtools.demo.isolation import with_database
+from shared.adapters.redis_client import is_cluster_url
+from tests.support.redis_db import empty_db, open_redis
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -44,7 +47,10 @@ def alive(pid: int) -> bool:
 
 @pytest.fixture
 def demo(module_kafka: str, redis_url: str, merchants_file: Path, tmp_path: Path) -> Iterator[Any]:
-    """Starts the demo in its own process group; stops what is left of it at the end."""
+    """Starts the demo in its own process group; stops what is left of it at the end. On a
+    Redis Cluster the demo needs the cluster empty (it has only database 0): emptied first."""
+    if is_cluster_url(redis_url):
+        asyncio.run(empty_db(redis_url))
     started: list[subprocess.Popen[str]] = []
 
     def start(*args: str) -> subprocess.Popen[str]:
@@ -125,12 +131,24 @@ def test_a_small_run_settles_every_order_once(demo: Any, redis_url: str, tmp_pat
     # Everything it started is stopped, and its Redis database is empty again.
     assert set(summary["processes"]) == {"sandbox", "ingress", "worker-0", "worker-1", "sweeper-0"}
     assert not [name for name, pid in summary["processes"].items() if alive(pid)]
+    if is_cluster_url(redis_url):  # the demo had the whole cluster (database 0), and emptied it
+        assert summary["redis_db"] == 0
+        assert asyncio.run(_cluster_keys(redis_url)) == 0
+        return
     client = Redis.from_url(with_database(redis_url, summary["redis_db"]))
     try:
         assert summary["redis_db"] != 0
         assert client.dbsize() == 0
     finally:
         client.close()
+
+
+async def _cluster_keys(url: str) -> int:
+    client = open_redis(url)
+    try:
+        return int(await client.dbsize())
+    finally:
+        await client.aclose()
 
 
 def test_ctrl_c_stops_everything(demo: Any, tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ import uuid
 
 import pytest
 from aiokafka import AIOKafkaConsumer
-from redis.asyncio import Redis
 
 from shared import topics
 from shared.adapters.order_book import OrderBook
@@ -18,6 +17,7 @@ from shared.domain.orders import OrderRecord
 from shared.trace import from_headers, parse
 from tests.conftest import TEST_MCH_ID
 from tests.support.pipeline_checks import collect_events, control
+from tests.support.redis_db import open_redis
 
 pytestmark = pytest.mark.e2e
 
@@ -50,7 +50,7 @@ async def test_the_outcome_event_continues_the_ingress_trace(
     pipeline.start_worker(0)
     order = f"tr{uuid.uuid4().hex[:14]}"
     subject = f"{TEST_MCH_ID}:{order}"
-    redis = Redis.from_url(module_redis)
+    redis = open_redis(module_redis)  # a cluster client on a cluster
     try:
         await OrderBook(redis, SystemClock()).record_pending(
             OrderRecord(TEST_MCH_ID, order, 1500, 10, 1)
