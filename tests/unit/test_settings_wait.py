@@ -1,4 +1,5 @@
-"""`PAYNOTIFY_REDIS_WAIT_REPLICAS` and `PAYNOTIFY_REDIS_WAIT_TIMEOUT_MS`: defaults, strict parsing."""
+"""`PAYNOTIFY_REDIS_WAIT_REPLICAS` and `PAYNOTIFY_REDIS_WAIT_TIMEOUT_MS`: defaults, strict
+parsing."""
 
 from __future__ import annotations
 
