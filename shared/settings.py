@@ -145,9 +145,10 @@ class Settings:
                 "PAYNOTIFY_REDIS_WAIT_REPLICAS", cls.redis_wait_replicas, minimum=0
             ),
             redis_wait_timeout_ms=read.integer(
-                "PAYNOTIFY_REDIS_WAIT_TIMEOUT_MS", cls.redis_wait_timeout_ms,
+                "PAYNOTIFY_REDIS_WAIT_TIMEOUT_MS",
+                cls.redis_wait_timeout_ms,
                 maximum=MAX_WAIT_TIMEOUT_MS,
-            ),  # fmt: skip
+            ),
             sweep_rate=read.number("PAYNOTIFY_SWEEP_RATE", cls.sweep_rate),
             sweep_concurrency=read.integer("PAYNOTIFY_SWEEP_CONCURRENCY", cls.sweep_concurrency),
             order_expiry=read.number("PAYNOTIFY_ORDER_EXPIRY", cls.order_expiry),

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
     from redis.asyncio import Redis
 
+    from shared.adapters.replication import ReplicatedWrites
     from shared.merchants import Merchant
     from shared.settings import Settings
 
@@ -77,7 +78,11 @@ def build_reconciler(
 ) -> Reconciler:
     """The reconciler as every worker runs it (the benchmarks' consumers use it too)."""
     store = OutcomeStore(
-        redis, outcome_ttl_seconds=outcome_ttl_seconds(settings), lock_ttl_ms=LOCK_TTL_MS
+        redis,
+        outcome_ttl_seconds=outcome_ttl_seconds(settings),
+        lock_ttl_ms=LOCK_TTL_MS,
+        wait_replicas=settings.redis_wait_replicas,
+        wait_timeout_ms=settings.redis_wait_timeout_ms,
     )
     return Reconciler(
         store=store,
@@ -172,6 +177,7 @@ async def _run_worker(  # noqa: PLR0917 - the collaborators run_worker built
         stats=stats,
     )  # fmt: skip
     store = reconciler.store
+    probes.writes = store.writes
     callbacks = CallbackConsumer(
         consumer,
         settings.topics.callbacks,
@@ -221,12 +227,14 @@ async def _run_worker(  # noqa: PLR0917 - the collaborators run_worker built
             await orders_task
     finally:
         probes.started = False
+        probes.writes = None
         still_running = await runner.cancel()
         if still_running:
             log.error("jobs_not_stopped", jobs=still_running)
         await consumer.stop()
         await platform.close()
         await producer.stop()
+        await store.aclose()
         log.info("worker_stopped", **stats)
 
 
@@ -234,7 +242,8 @@ class WorkerProbes:
     """The worker's /healthz, /readyz and /metrics (`PAYNOTIFY_METRICS_PORT`; none when 0).
 
     Ready: consuming (started, not stopping), the brokers show the callbacks topic, Redis answers
-    a PING. Metrics: the worker's event counters, jobs held, consumer lag per partition, retries
+    a PING, and (with PAYNOTIFY_REDIS_WAIT_REPLICAS) the last outcome write reached its replicas.
+    Metrics: the worker's event counters, jobs held, consumer lag per partition, retries
     scheduled and due, and what every process exports (shared.probes.new_registry)."""
 
     def __init__(  # noqa: PLR0917 - what it reports on
@@ -250,6 +259,7 @@ class WorkerProbes:
         # For the retry set's figures (the TTLs are not used).
         self.store = OutcomeStore(redis, outcome_ttl_seconds=1, lock_ttl_ms=1)
         self.started = False
+        self.writes: ReplicatedWrites | None = None  # the running reconciler's waited writes
         self.registry = new_registry("worker")
         self.registry.register(
             StatsCollector("worker", stats, "What the worker did, by event (as in worker_stats).")
@@ -283,10 +293,19 @@ class WorkerProbes:
             running=self._consuming,
             registry=self.registry,
             refresh=self._refresh,
+            extra={"redis_replicas": self._replicated}
+            if self.settings.redis_wait_replicas
+            else None,
         )
 
     async def _consuming(self) -> tuple[bool, str]:
         return (True, "ok") if self.started else (False, "not consuming (starting or stopping)")
+
+    async def _replicated(self) -> tuple[bool, str]:
+        """Unready while outcome writes fall short of their replicas (they are retried, and
+        nothing is published for them): the last waited write decides."""
+        shortfall = self.writes.last_shortfall if self.writes is not None else None
+        return (True, "ok") if shortfall is None else (False, f"outcome writes: {shortfall}")
 
     async def _refresh(self) -> None:
         self.lag.clear()
