@@ -36,7 +36,7 @@ from workers.reconcile import Reconciler, Settlement, Work
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.own_stack]  # its own redis-servers
 
 MCH = "w4itrep1ca"
 TIMEOUT_MS = 200
