@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from shared.clock import Clock
     from shared.merchants import Merchant
-    from shared.ports import OrderQuery, Producer
+    from shared.ports import OrderQuery, OutcomeLedger, Producer
     from shared.settings import Settings
 
 LOCK_TTL_MS = 30_000  # a payment's reconciliation lock; renewed while the platform answers
@@ -51,9 +51,14 @@ def order_book(settings: Settings, redis: Redis, clock: Clock) -> OrderBook:
 
 
 def outcome_ledger(settings: Settings, redis: Redis) -> OutcomeStore:
-    """The outcome ledger on Redis: outcomes kept `retention_seconds`."""
+    """The outcome ledger on Redis: outcomes kept `retention_seconds`, each write waiting for
+    `PAYNOTIFY_REDIS_WAIT_REPLICAS` replicas (docs/scaling.md, "Failover semantics")."""
     return OutcomeStore(
-        redis, outcome_ttl_seconds=retention_seconds(settings), lock_ttl_ms=LOCK_TTL_MS
+        redis,
+        outcome_ttl_seconds=retention_seconds(settings),
+        lock_ttl_ms=LOCK_TTL_MS,
+        wait_replicas=settings.redis_wait_replicas,
+        wait_timeout_ms=settings.redis_wait_timeout_ms,
     )
 
 
@@ -66,10 +71,12 @@ def reconciler(
     *,
     clock: Clock,
     stats: Counter[str],
+    store: OutcomeLedger | None = None,
 ) -> Reconciler:
-    """The settling use case as every worker runs it (the benchmarks' consumers too)."""
+    """The settling use case as every worker runs it (the benchmarks' consumers too); `store`:
+    the ledger when the caller needs its own hold of it (else `outcome_ledger`)."""
     return Reconciler(
-        store=outcome_ledger(settings, redis),
+        store=outcome_ledger(settings, redis) if store is None else store,
         platform=platform,
         merchants=merchants,
         events=TopicSink(producer, settings.topics.events, CLOUDEVENTS_HEADERS),

@@ -103,6 +103,11 @@ class OutcomeLedger(Protocol):
         """Mark these outcomes published; one that expired meanwhile is not re-created."""
         ...
 
+    async def confirm(self, order_key: str) -> None:
+        """Before an outcome found recorded but unpublished is published: return once the
+        replicas asked for hold it (`PAYNOTIFY_REDIS_WAIT_REPLICAS`), else raise an outage."""
+        ...
+
     async def claim_retries(self, now: float, lease: float, limit: int) -> list[bytes]:
         """Up to `limit` retry members due at `now`, hidden from other claims for `lease`."""
         ...

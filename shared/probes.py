@@ -216,10 +216,12 @@ async def process_probes(
     running: Callable[[], Awaitable[tuple[bool, str]]],
     registry: CollectorRegistry,
     refresh: Callable[[], Awaitable[None]] | None = None,
+    extra: Mapping[str, Callable[[], Awaitable[tuple[bool, str]]]] | None = None,
 ) -> AsyncIterator[None]:
     """The worker's or the sweeper's listener on `PAYNOTIFY_METRICS_PORT` (nothing when 0):
     ready when the process says it runs (`running`, reported under `name`), the brokers show
-    its topics as configured (`kafka`, the caller's to close) and Redis answers."""
+    its topics as configured (`kafka`, the caller's to close), Redis answers, and every `extra`
+    check passes."""
     if not settings.metrics_port:
         yield
         return
@@ -227,6 +229,7 @@ async def process_probes(
         name: running,
         "kafka": kafka,
         "redis": Cached(redis_check(redis), clock),
+        **(extra or {}),
     }
     async with probe_server(
         settings.metrics_host,

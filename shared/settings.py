@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
 
 DEFAULT_SANDBOX_URL = "http://127.0.0.1:8090/"
+# WAIT blocks the connection: kept well under the Redis client's 5 s socket timeout, which would
+# otherwise end a slow WAIT as a TimeoutError with the connection dropped.
+MAX_WAIT_TIMEOUT_MS = 2000
 
 
 class SettingsError(ValueError):
@@ -63,6 +66,10 @@ class Settings:
     outcome_ttl_days: int = 30
     transfer_tolerance_li: int = DEFAULT_TRANSFER_TOLERANCE_LI
     replay_window: float = DEFAULT_REPLAY_WINDOW_S  # seconds; not time-scaled
+    # Replicas that must acknowledge an outcome write (Redis WAIT) before its event is published;
+    # 0: none asked (docs/scaling.md, Failover semantics). The timeout is WAIT's, per write.
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 100
     # Sweeper
     sweep_rate: float = 50.0  # order queries per second, at most
     sweep_concurrency: int = 16
@@ -134,6 +141,14 @@ class Settings:
                 "PAYNOTIFY_TRANSFER_TOLERANCE_LI", cls.transfer_tolerance_li, minimum=0
             ),
             replay_window=read.number("PAYNOTIFY_REPLAY_WINDOW_S", cls.replay_window),
+            redis_wait_replicas=read.integer(
+                "PAYNOTIFY_REDIS_WAIT_REPLICAS", cls.redis_wait_replicas, minimum=0
+            ),
+            redis_wait_timeout_ms=read.integer(
+                "PAYNOTIFY_REDIS_WAIT_TIMEOUT_MS",
+                cls.redis_wait_timeout_ms,
+                maximum=MAX_WAIT_TIMEOUT_MS,
+            ),
             sweep_rate=read.number("PAYNOTIFY_SWEEP_RATE", cls.sweep_rate),
             sweep_concurrency=read.integer("PAYNOTIFY_SWEEP_CONCURRENCY", cls.sweep_concurrency),
             order_expiry=read.number("PAYNOTIFY_ORDER_EXPIRY", cls.order_expiry),
@@ -215,11 +230,17 @@ class _Reader:
             raise SettingsError(f"{name} must be {kind}")
         return value
 
-    def integer(self, name: str, default: int, *, minimum: int = 1) -> int:
+    def integer(
+        self, name: str, default: int, *, minimum: int = 1, maximum: int | None = None
+    ) -> int:
         raw = self._raw(name)
         if raw is None:
             return default
-        if not raw.isascii() or not raw.isdigit() or int(raw) < minimum:
+        valid = raw.isascii() and raw.isdigit() and int(raw) >= minimum
+        if maximum is not None:
+            if not valid or int(raw) > maximum:
+                raise SettingsError(f"{name} must be an integer from {minimum} to {maximum}")
+        elif not valid:
             kind = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
             raise SettingsError(f"{name} must be {kind}")
         return int(raw)

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
     from redis.asyncio import Redis
 
+    from shared.adapters.replication import ReplicatedWrites
     from shared.merchants import Merchant
     from shared.settings import Settings
 
@@ -120,10 +121,11 @@ async def _run_worker(  # noqa: PLR0917 - the collaborators run_worker built
         limit=settings.worker_concurrency,
         observe=probes.platform_call,
     )
+    store = bootstrap.outcome_ledger(settings, redis)
     reconciler = bootstrap.reconciler(
-        settings, redis, producer, platform, merchants, clock=clock, stats=stats
+        settings, redis, producer, platform, merchants, clock=clock, stats=stats, store=store
     )
-    store = reconciler.store
+    probes.writes = store.writes
     callbacks = callbacks_consumer(
         consumer,
         settings.topics.callbacks,
@@ -172,12 +174,14 @@ async def _run_worker(  # noqa: PLR0917 - the collaborators run_worker built
             await orders_task
     finally:
         probes.started = False
+        probes.writes = None
         still_running = await runner.cancel()
         if still_running:
             log.error("jobs_not_stopped", jobs=still_running)
         await consumer.stop()
         await platform.close()
         await producer.stop()
+        await store.aclose()
         log.info("worker_stopped", **stats)
 
 
@@ -185,7 +189,8 @@ class WorkerProbes:
     """The worker's /healthz, /readyz and /metrics (`PAYNOTIFY_METRICS_PORT`; none when 0).
 
     Ready: consuming (started, not stopping), the brokers show the callbacks topic, Redis answers
-    a PING. Metrics: the worker's event counters, jobs held, consumer lag per partition, retries
+    a PING, and (with PAYNOTIFY_REDIS_WAIT_REPLICAS) the last outcome write reached its replicas.
+    Metrics: the worker's event counters, jobs held, consumer lag per partition, retries
     scheduled and due, and what every process exports (shared.probes.new_registry)."""
 
     def __init__(  # noqa: PLR0917 - what it reports on
@@ -201,6 +206,7 @@ class WorkerProbes:
         # For the retry set's figures (the TTLs are not used).
         self.store = OutcomeStore(redis, outcome_ttl_seconds=1, lock_ttl_ms=1)
         self.started = False
+        self.writes: ReplicatedWrites | None = None  # the running reconciler's waited writes
         self.registry = new_registry("worker")
         self.registry.register(
             StatsCollector("worker", stats, "What the worker did, by event (as in worker_stats).")
@@ -234,10 +240,19 @@ class WorkerProbes:
             running=self._consuming,
             registry=self.registry,
             refresh=self._refresh,
+            extra={"redis_replicas": self._replicated}
+            if self.settings.redis_wait_replicas
+            else None,
         )
 
     async def _consuming(self) -> tuple[bool, str]:
         return (True, "ok") if self.started else (False, "not consuming (starting or stopping)")
+
+    async def _replicated(self) -> tuple[bool, str]:
+        """Unready while outcome writes fall short of their replicas (they are retried, and
+        nothing is published for them): the last waited write decides."""
+        shortfall = self.writes.last_shortfall if self.writes is not None else None
+        return (True, "ok") if shortfall is None else (False, f"outcome writes: {shortfall}")
 
     async def _refresh(self) -> None:
         self.lag.clear()

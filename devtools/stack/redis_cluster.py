@@ -10,7 +10,9 @@ stack's own process handling (`LocalStack`), as its single Redis is.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +136,29 @@ class LocalRedisCluster:
         """`kill -9` one node (a primary, for a failover)."""
         self.stack._kill(self.name(node))  # noqa: SLF001
 
+    def pause_node(self, node: int) -> None:
+        """SIGSTOP one node: it answers nothing (a replica then acknowledges no writes) until
+        `resume_node`. For the failover test (docs/scaling.md, Failover semantics)."""
+        os.kill(self._pid(node), signal.SIGSTOP)
+
+    def resume_node(self, node: int) -> None:
+        os.kill(self._pid(node), signal.SIGCONT)
+
+    def first_replica(self, primary: int) -> int:
+        """The node formed as `primary`'s first replica (before any failover)."""
+        if not self.replicas or not 1 <= primary <= self.primaries:
+            raise StackError(f"node {primary} has no replica of its own")
+        return primary + self.primaries
+
+    def role(self, node: int) -> str:
+        """`master` or `slave`, as the node says (ROLE); `down` when it does not answer."""
+        try:
+            with self.client(node) as client:
+                answer: list[bytes] = client.execute_command("ROLE")
+        except RedisError:
+            return "down"
+        return answer[0].decode()
+
     def client(self, node: int) -> Redis:
         return Redis(host="127.0.0.1", port=self.port(node), socket_timeout=5.0)
 
@@ -147,6 +172,12 @@ class LocalRedisCluster:
         raise StackError(f"the Redis cluster did not become ready within {deadline:.0f}s")
 
     # -- internals -------------------------------------------------------------------------
+
+    def _pid(self, node: int) -> int:
+        pidfile = self.stack._pidfile(self.name(node))  # noqa: SLF001 - the stack's process handling
+        if not self.stack._alive(self.name(node)):  # noqa: SLF001
+            raise StackError(f"{self.name(node)} is not running")
+        return int(pidfile.read_text())
 
     def _ping(self, node: int) -> bool:
         try:

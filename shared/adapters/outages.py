@@ -14,6 +14,8 @@ from typing import Final
 from aiokafka import errors as kafka
 from redis import exceptions as redis
 
+from shared.adapters.replication import NotReplicatedError
+
 REDIS_OUTAGES: Final[tuple[type[Exception], ...]] = (
     redis.ConnectionError,  # refused or reset; also BusyLoadingError (a restart loading its AOF)
     redis.TimeoutError,  # no answer within the client's socket timeout (a paused server)
@@ -23,6 +25,7 @@ REDIS_OUTAGES: Final[tuple[type[Exception], ...]] = (
     redis.OutOfMemoryError,  # maxmemory reached: keys expire and writes are taken again
     redis.ClusterDownError,  # a Redis Cluster without a majority or with slots unserved
     redis.SlotNotCoveredError,  # a slot with no node yet (a failover in progress)
+    NotReplicatedError,  # a write fewer replicas took in time than PAYNOTIFY_REDIS_WAIT_REPLICAS
 )
 
 # The broker's retriable errors, and the client's own timeouts (a broker that is away shows up

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from shared.adapters import redis_keys
 from shared.adapters.order_book import decode_record, order_record_key
 from shared.adapters.redis_client import is_cluster
+from shared.adapters.replication import ReplicatedWrites
 from shared.adapters.schedules import ShardedSchedule
 from shared.domain.orders import CorruptRecordError
 from shared.ports import Busy, Decided, Locked, PublishedNotes, RecordedOutcome
@@ -112,9 +113,20 @@ class OutcomeStore(PublishedNotes):
     """The outcome ledger (shared.ports.OutcomeLedger) on Redis: the scripts above, registered
     once on one client."""
 
-    def __init__(self, redis: Redis, *, outcome_ttl_seconds: int, lock_ttl_ms: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        outcome_ttl_seconds: int,
+        lock_ttl_ms: int,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 100,
+    ) -> None:
+        """`wait_replicas` > 0: an outcome write returns only once that many replicas hold it
+        (else `NotReplicatedError`), see shared.adapters.replication."""
         super().__init__()
         self._redis = redis
+        self.writes = ReplicatedWrites(redis, replicas=wait_replicas, timeout_ms=wait_timeout_ms)
         self._ttl = outcome_ttl_seconds
         self._lock_ttl_ms = lock_ttl_ms
         self._begin = redis.register_script(_BEGIN)
@@ -182,7 +194,8 @@ class OutcomeStore(PublishedNotes):
             if settle_record
             else redis_keys.order_record_key(order_key)
         )
-        written, existing, settled = await self._decide(
+        written, existing, settled = await self.writes.run(
+            self._decide,
             keys=[outcome_key(order_key), lock_key(order_key), record_key],
             args=[
                 token, event_type, event_id, event, f"{decided_at:.3f}", self._ttl,
@@ -193,7 +206,18 @@ class OutcomeStore(PublishedNotes):
             await self._pending.remove(f"{mch_id}:{mch_order}".encode())
         if written:
             return RecordedOutcome(event_type, event_id, event, published=False)
+        # Another worker's outcome stands; its own WAIT may have fallen short: wait for it here.
+        await self.confirm(order_key)
         return _outcome(existing)
+
+    async def confirm(self, order_key: str) -> None:
+        """Before an outcome found recorded but not published is published: with
+        `wait_replicas`, return once that many replicas hold it (else `NotReplicatedError`)."""
+        await self.writes.confirm(outcome_key(order_key))
+
+    async def aclose(self) -> None:
+        """Close what the store opened itself (a cluster's node clients for waited writes)."""
+        await self.writes.aclose()
 
     async def defer(self, order_key: str, token: str | None, due: float, member: bytes) -> None:
         """Put `member` in the retry set, due at `due`, then release the lock (if held). In that

@@ -104,6 +104,14 @@ class GatedRedisCluster(RedisCluster):
             raise exceptions.ConnectionError("no Redis Cluster connection free in time") from None
         try:
             return await super().execute_command(*args, **kwargs)
+        except AttributeError as exc:
+            # redis-py's asyncio cluster client can close a connection under a command in flight
+            # while it relearns the cluster after losing a node ("'NoneType' object has no
+            # attribute 'writelines'", seen in tests/chaos/failover.py; redis/redis-py#3815 and
+            # #3835 are others of the kind). That is the node going away: an outage, retried.
+            raise exceptions.ConnectionError(
+                f"cluster connection lost in a failover: {exc}"
+            ) from exc
         finally:
             self._gate.release()
 

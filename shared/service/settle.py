@@ -25,6 +25,7 @@ import orjson
 
 from shared.adapters.kafka import CallbackEnvelope, EnvelopeError
 from shared.adapters.outages import OUTAGES
+from shared.adapters.replication import NotReplicatedError
 from shared.domain.decision import (
     DEFAULT_REPLAY_WINDOW_S,
     DEFAULT_TRANSFER_TOLERANCE_LI,
@@ -219,6 +220,10 @@ class Reconciler:
                 delay = OUTAGE_BACKOFF.backoff(outages, self.random)
                 outages += 1
                 self.stats["infrastructure_retries"] += 1
+                if isinstance(exc, NotReplicatedError):
+                    # Written on the primary, not yet on enough replicas: not published; the
+                    # retry finds the outcome and waits again (never decides anew).
+                    self.stats["outcome_not_replicated"] += 1
                 self._log.warning(
                     "settle_retry", origin=work.origin, error=type(exc).__name__,
                     pause=round(delay, 3),
@@ -332,6 +337,9 @@ class Reconciler:
     async def _replay(self, report: PaymentReport, outcome: RecordedOutcome) -> Settlement:
         if self.store.is_published(report.order_key, outcome):
             return Settlement.DUPLICATE
+        # Found unpublished: its write's WAIT may have fallen short (or a worker stopped
+        # between writing and publishing). Published only once the replicas asked for hold it.
+        await self.store.confirm(report.order_key)
         await self._publish(report.order_key, outcome)
         return Settlement.REPUBLISHED
 

@@ -288,6 +288,9 @@ class MemoryLedger(PublishedNotes):
             if outcome is not None:
                 self._outcomes[key].outcome = replace(outcome, published=True)
 
+    async def confirm(self, order_key: str) -> None:
+        """One copy in memory: nothing to wait for (replication: tests/integration)."""
+
     async def claim_retries(self, now: float, lease: float, limit: int) -> list[bytes]:
         due = sorted((when, member) for member, when in self.retries.items() if when <= now)
         claimed = [member for _, member in due[:limit]]

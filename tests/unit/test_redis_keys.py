@@ -127,6 +127,7 @@ _SCRIPT_SOURCES = [
     "shared/adapters/redis_lock.py",
     "shared/adapters/schedules.py",
     "shared/adapters/parked.py",
+    "shared/adapters/replication.py",  # one key per script call (the outcome's), by its signature
 ]
 
 
