@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 # Both pure (no I/O library): the worker's and sweeper's --help list what they read.
+from ingress.processes import add_process_options
 from shared.settings import environment_help
 from shared.tracing import ENVIRONMENT as TRACING_ENVIRONMENT
 
@@ -118,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="serve /healthz, /readyz and /metrics on this port instead of --port",
     )
+    add_process_options(ingress)
 
     for name, text in (
         ("worker", "consume notifications, reconcile, publish events"),
