@@ -22,6 +22,7 @@ from aiohttp import web
 
 from ingress.app import INGRESS, SERVER_HEADER, build_admin_app, build_app
 from ingress.processes import add_process_options, supervise, watch_parent
+from shared.event_loop import EventLoopUnavailableError, run
 from shared.logs import configure_logging, get_logger
 from shared.merchants import LiveMerchants, MerchantsFileError
 from shared.settings import Settings, SettingsError
@@ -75,7 +76,7 @@ def main(args: argparse.Namespace | None = None) -> int:
     processes = getattr(args, "processes", 1)
     if processes > 1:
         log.info("ingress_starting", host=args.host, port=args.port, processes=processes)
-        return asyncio.run(supervise(args, settings, log, processes))
+        return asyncio.run(supervise(args, settings, log, processes))  # the parent: mostly asleep
     child = getattr(args, "child", None)
     if child is not None:
         log = log.bind(process=child)
@@ -92,18 +93,21 @@ def main(args: argparse.Namespace | None = None) -> int:
         log.exception("ingress_config_invalid")
         return EXIT_CONFIG
     app = build_app(settings, merchants, operations=admin_port is None, spans=spans)
-    asyncio.run(
-        serve(
-            app,
-            args.host,
-            args.port,
-            settings,
-            log,
-            admin_port=admin_port,
-            reuse_port=child is not None,
-            parent_pid=getattr(args, "parent_pid", None),
-        )
+    served = serve(
+        app,
+        args.host,
+        args.port,
+        settings,
+        log,
+        admin_port=admin_port,
+        reuse_port=child is not None,
+        parent_pid=getattr(args, "parent_pid", None),
     )
+    try:
+        run(served, settings.event_loop)
+    except EventLoopUnavailableError:
+        log.exception("ingress_config_invalid")
+        return EXIT_CONFIG
     return 0
 
 

@@ -211,3 +211,24 @@ async def test_a_child_that_dies_stops_the_others_and_the_parent_exits_non_zero(
     code = await asyncio.to_thread(two.popen.wait, STOP)
     assert code == 1
     assert not second.is_running() or second.status() == "zombie"
+
+
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+async def test_the_ingress_runs_on_either_event_loop(
+    event_loop: str, settings: Settings, merchants_file: Path, http: aiohttp.ClientSession
+) -> None:
+    """PAYNOTIFY_EVENT_LOOP=asyncio|uvloop: the one-process ingress answers `success` on both,
+    and SIGTERM stops it with exit 0."""
+    one = _start(settings, merchants_file, 1, PAYNOTIFY_EVENT_LOOP=event_loop)
+    try:
+        await one.ready(http)
+        async with http.post(
+            f"{one.url}/notify",
+            data=urlencode(notification(f"L{uuid.uuid4().hex[:12]}")),
+            headers={"Content-Type": FORM},
+        ) as response:
+            assert (response.status, await response.text()) == (200, "success")
+        one.popen.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(one.popen.wait, STOP) == 0
+    finally:
+        _kill_tree(one)
