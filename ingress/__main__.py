@@ -21,6 +21,9 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from ingress.app import INGRESS, SERVER_HEADER, build_admin_app, build_app
+from ingress.processes import supervise, watch_parent
+from shared.cli import add_process_options
+from shared.event_loop import EventLoopUnavailableError, run
 from shared.logs import configure_logging, get_logger
 from shared.merchants import LiveMerchants, MerchantsFileError
 from shared.settings import Settings, SettingsError
@@ -51,6 +54,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="serve /healthz, /readyz and /metrics on this port (same host) instead of --port, "
         "so the public port serves the notification paths only",
     )
+    add_process_options(parser)
     return parser.parse_args(argv)
 
 
@@ -70,6 +74,13 @@ def main(args: argparse.Namespace | None = None) -> int:
         log.exception("ingress_config_invalid")
         return EXIT_CONFIG
     admin_port = getattr(args, "admin_port", None)
+    processes = getattr(args, "processes", 1)
+    if processes > 1:
+        log.info("ingress_starting", host=args.host, port=args.port, processes=processes)
+        return asyncio.run(supervise(args, settings, log, processes))  # the parent: mostly asleep
+    child = getattr(args, "child", None)
+    if child is not None:
+        log = log.bind(process=child)
     log.info(
         "ingress_starting",
         host=args.host,
@@ -83,7 +94,21 @@ def main(args: argparse.Namespace | None = None) -> int:
         log.exception("ingress_config_invalid")
         return EXIT_CONFIG
     app = build_app(settings, merchants, operations=admin_port is None, spans=spans)
-    asyncio.run(serve(app, args.host, args.port, settings, log, admin_port=admin_port))
+    served = serve(
+        app,
+        args.host,
+        args.port,
+        settings,
+        log,
+        admin_port=admin_port,
+        reuse_port=child is not None,
+        parent_pid=getattr(args, "parent_pid", None),
+    )
+    try:
+        run(served, settings.event_loop)
+    except EventLoopUnavailableError:
+        log.exception("ingress_config_invalid")
+        return EXIT_CONFIG
     return 0
 
 
@@ -105,9 +130,13 @@ async def serve(
     *,
     stop: asyncio.Event | None = None,
     admin_port: int | None = None,
+    reuse_port: bool = False,
+    parent_pid: int | None = None,
 ) -> None:
     """Serve `app` until `stop` is set (by default: SIGTERM or SIGINT), then shut down gracefully
-    (see the module's doc); with `admin_port`, its operations app (`build_admin_app`) there."""
+    (see the module's doc); with `admin_port`, its operations app (`build_admin_app`) there.
+    `reuse_port` and `parent_pid`: a child of `--processes` (ingress.processes), which shares the
+    port and stops too when its parent is gone."""
     runner = web.AppRunner(
         app,
         access_log=None,  # one line per request would cost more than the request
@@ -133,13 +162,16 @@ async def serve(
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+    orphaned = None if parent_pid is None else asyncio.ensure_future(watch_parent(parent_pid, stop))
     admin: web.AppRunner | None = None
     try:
         if admin_port is not None:
             admin = web.AppRunner(build_admin_app(app), access_log=None, shutdown_timeout=2.0)
             await admin.setup()
             await web.TCPSite(admin, host, admin_port, reuse_address=True).start()
-        listener = await loop.create_server(protocol, host, port, reuse_address=True)
+        listener = await loop.create_server(
+            protocol, host, port, reuse_address=True, reuse_port=reuse_port or None
+        )
         log.info(
             "ingress_listening", host=host, port=port, admin_port=admin_port, max_connections=limit
         )
@@ -147,6 +179,8 @@ async def serve(
         log.info("ingress_stopping")
         listener.close()  # no new connections; the open ones finish below
     finally:
+        if orphaned is not None:
+            orphaned.cancel()
         await runner.cleanup()
         if admin is not None:
             await admin.cleanup()

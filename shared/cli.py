@@ -32,6 +32,35 @@ _KEY_SOURCES = (
     "command line. Output never shows the key."
 )
 
+MAX_PROCESSES = 64  # `ingress --processes`: more than this on one port is a typo
+
+
+def processes_count(text: str) -> int:
+    """`--processes`: an integer from 1 to MAX_PROCESSES, else a clear argparse error."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= MAX_PROCESSES:
+        msg = f"must be between 1 and {MAX_PROCESSES}, got {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def add_process_options(parser: argparse.ArgumentParser) -> None:
+    """`--processes N` (ingress.processes), and the two options the parent gives its children."""
+    parser.add_argument(
+        "--processes",
+        type=processes_count,
+        default=1,
+        metavar="N",
+        help="serve the port from N processes (SO_REUSEPORT, one producer each; default 1); "
+        "with --admin-port A, process i serves its operations paths on A + i",
+    )
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+
+
 # subcommand -> "module:function"; the function takes the parsed arguments and returns an exit code.
 _HANDLERS = {
     "stack": "devtools.stack.commands:main",
@@ -119,6 +148,7 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="serve /healthz, /readyz and /metrics on this port instead of --port",
     )
+    add_process_options(ingress)
 
     for name, text in (
         ("worker", "consume notifications, reconcile, publish events"),

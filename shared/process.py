@@ -8,6 +8,8 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
+from shared.event_loop import EventLoopUnavailableError
+from shared.event_loop import run as run_loop
 from shared.logs import configure_logging
 from shared.merchants import MerchantsFileError
 from shared.settings import Settings, SettingsError
@@ -53,8 +55,13 @@ def serve(
         await run(settings, stop)
 
     try:
-        asyncio.run(main())
-    except (SettingsError, MerchantsFileError, TracingUnavailableError) as exc:
+        run_loop(main(), settings.event_loop)
+    except (
+        SettingsError,
+        MerchantsFileError,
+        TracingUnavailableError,
+        EventLoopUnavailableError,
+    ) as exc:
         sys.stderr.write(f"{name}: {exc}\n")
         return EXIT_CONFIG
     return 0

@@ -40,6 +40,8 @@ class Settings:
     order_records: Literal["required", "optional"] = "required"
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
+    # Every process's event loop (shared/event_loop.py); uvloop needs `paynotify[fast]`
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
     # The worker's and the sweeper's /healthz, /readyz and /metrics listener; 0: none
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
@@ -108,6 +110,9 @@ class Settings:
             ),
             log_format=read.choice(  # type: ignore[arg-type]
                 "PAYNOTIFY_LOG_FORMAT", cls.log_format, ("json", "console")
+            ),
+            event_loop=read.choice(  # type: ignore[arg-type]
+                "PAYNOTIFY_EVENT_LOOP", cls.event_loop, ("asyncio", "uvloop")
             ),
             metrics_port=read.port("PAYNOTIFY_METRICS_PORT", cls.metrics_port),
             metrics_host=read.text("PAYNOTIFY_METRICS_HOST", cls.metrics_host),
