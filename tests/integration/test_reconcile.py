@@ -14,9 +14,7 @@ import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from shared import bootstrap
 from shared.adapters.kafka import CallbackEnvelope, TopicSink, start_producer
@@ -34,6 +32,7 @@ from shared.service.settle import Reconciler, Settlement, Work
 from shared.settings import Settings
 from tests.conftest import TEST_KEY
 from tests.support.fakes import ScriptedPlatform
+from tests.support.pipeline_checks import read_json
 from tests.support.redis_db import open_redis, pending_index, retry_set
 
 if TYPE_CHECKING:
@@ -115,22 +114,6 @@ async def env(kafka_bootstrap: str, redis_url: str, fresh_topic):
         await redis.aclose()
 
 
-async def read_topic(kafka_bootstrap: str, topic: str, count: int) -> list[dict]:
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest", group_id=None
-    )
-    await consumer.start()
-    try:
-        got: list[dict] = []
-        async with asyncio.timeout(20):
-            while len(got) < count:
-                batch = await consumer.getmany(timeout_ms=500)
-                got.extend(orjson.loads(r.value) for rs in batch.values() for r in rs)
-        return got
-    finally:
-        await consumer.stop()
-
-
 def unique_order() -> str:
     return f"o{uuid.uuid4().hex[:16]}"
 
@@ -143,7 +126,7 @@ async def test_confirmed_payment_succeeds_once_and_settles_the_record(env, kafka
     platform.answers[order] = report(order)
 
     assert await reconciler.handle(work_for(report(order))) is Settlement.PUBLISHED
-    (event,) = await read_topic(kafka_bootstrap, events, 1)
+    (event,) = await read_json(kafka_bootstrap, events, 1)
     assert event["type"] == "paynotify.payment.succeeded"
     assert event["subject"] == f"{MCH}:{order}"
     assert event["data"]["amt"] == 1000
@@ -169,7 +152,7 @@ async def test_redelivery_republishes_the_recorded_event_until_marked(env, kafka
     reconciler = another_process(reconciler, redis)
     platform.answers[order] = report(order, status=1)
     assert await reconciler.handle(work_for(report(order))) is Settlement.REPUBLISHED
-    first, second = await read_topic(kafka_bootstrap, events, 2)
+    first, second = await read_json(kafka_bootstrap, events, 2)
     assert first == second
     await reconciler.store.mark_published([f"{MCH}:{order}"])
     calls = len(platform.calls)
@@ -235,7 +218,7 @@ async def test_unconfirmed_only_after_every_requery(env, kafka_bootstrap) -> Non
         work = Work.from_retry(mine[0])
     assert settlements.count(Settlement.DEFERRED) == len(reconciler.schedule)
     assert settlements[-1] is Settlement.PUBLISHED
-    (event,) = await read_topic(kafka_bootstrap, events, 1)
+    (event,) = await read_json(kafka_bootstrap, events, 1)
     assert event["type"] == "paynotify.payment.unconfirmed"
     assert event["data"]["reason"] == "platform_unpaid"
     # A suspected forgery leaves the order pending: the sweeper may still find a real payment.
@@ -257,7 +240,7 @@ async def test_transient_failures_retry_then_dead_letter(env, kafka_bootstrap) -
             envelope=work.envelope, attempts=work.attempts + 1, requeries=0, origin=work.origin
         )
     assert await reconciler.handle(work) is Settlement.DEAD_LETTERED
-    (letter,) = await read_topic(kafka_bootstrap, dlq, 1)
+    (letter,) = await read_json(kafka_bootstrap, dlq, 1)
     assert letter["reason"] == "retries_exhausted"
     assert letter["payload"]["fields"]["mch_order"] == order
     assert await redis.exists(outcome_key(f"{MCH}:{order}")) == 0
@@ -287,7 +270,7 @@ async def test_invalid_fields_are_dead_lettered(env, kafka_bootstrap) -> None:
         )
     )
     assert await reconciler.handle(bad) is Settlement.DEAD_LETTERED
-    (letter,) = await read_topic(kafka_bootstrap, dlq, 1)
+    (letter,) = await read_json(kafka_bootstrap, dlq, 1)
     assert letter["reason"] == "invalid_fields"
     assert "amt" in letter["detail"]
 
@@ -300,7 +283,7 @@ async def test_a_corrupt_order_record_dead_letters_and_frees_the_lock(env, kafka
     await redis.hset(order_record_key(MCH, order), mapping={"mch_id": MCH, "amt": "not-a-number"})
     platform.answers[order] = report(order)
     assert await reconciler.handle(work_for(report(order))) is Settlement.DEAD_LETTERED
-    (letter,) = await read_topic(kafka_bootstrap, dlq, 1)
+    (letter,) = await read_json(kafka_bootstrap, dlq, 1)
     assert letter["reason"] == "corrupt_order_record"
     assert await redis.exists(lock_key(f"{MCH}:{order}")) == 0
     assert platform.calls == []
@@ -330,14 +313,14 @@ async def test_a_forged_envelope_changes_nothing_and_the_genuine_one_then_succee
     assert await reconciler.handle(forged(report(order, amt=5, mch_amt=5))) is (
         Settlement.DEAD_LETTERED
     )
-    (letter,) = await read_topic(kafka_bootstrap, dlq, 1)
+    (letter,) = await read_json(kafka_bootstrap, dlq, 1)
     assert letter["reason"] == "bad_signature"
     assert "f" * 32 not in letter["detail"]
     assert platform.calls == []
     assert await redis.exists(outcome_key(f"{MCH}:{order}"), lock_key(f"{MCH}:{order}")) == 0
 
     assert await reconciler.handle(work_for(report(order))) is Settlement.PUBLISHED
-    (event,) = await read_topic(kafka_bootstrap, events, 1)
+    (event,) = await read_json(kafka_bootstrap, events, 1)
     assert event["type"] == "paynotify.payment.succeeded"
 
 
@@ -355,7 +338,7 @@ async def test_an_envelope_from_an_unknown_source_or_merchant_is_refused(
     work = work_for(report(unique_order()))
     bad = Work(envelope=replace(work.envelope, **change), origin=work.origin)
     assert await reconciler.handle(bad) is Settlement.DEAD_LETTERED
-    (letter,) = await read_topic(kafka_bootstrap, dlq, 1)
+    (letter,) = await read_json(kafka_bootstrap, dlq, 1)
     assert letter["reason"] == reason
     assert platform.calls == []
 
@@ -373,9 +356,9 @@ async def test_a_query_sourced_envelope_verifies_like_a_notification(env, kafka_
 
     assert await reconciler.handle(refused) is Settlement.DEAD_LETTERED
     assert await reconciler.handle(query) is Settlement.PUBLISHED
-    (event,) = await read_topic(kafka_bootstrap, events, 1)
+    (event,) = await read_json(kafka_bootstrap, events, 1)
     assert event["data"]["source"] == "query"
-    (letter,) = await read_topic(kafka_bootstrap, dlq, 1)
+    (letter,) = await read_json(kafka_bootstrap, dlq, 1)
     assert letter["reason"] == "bad_signature"
 
 
@@ -393,11 +376,11 @@ async def test_an_unexpected_error_dead_letters_the_message_and_the_next_one_set
 
     assert await reconciler.settle(work_for(report(bad))) is Settlement.DEAD_LETTERED
     assert await reconciler.settle(work_for(report(good))) is Settlement.PUBLISHED
-    (letter,) = await read_topic(kafka_bootstrap, dlq, 1)
+    (letter,) = await read_json(kafka_bootstrap, dlq, 1)
     assert letter["reason"] == "internal_error"
     assert letter["detail"] == "RuntimeError: boom"
     assert letter["payload"]["fields"]["mch_order"] == bad
-    (event,) = await read_topic(kafka_bootstrap, events, 1)
+    (event,) = await read_json(kafka_bootstrap, events, 1)
     assert event["data"]["mch_order"] == good
     assert reconciler.stats["internal_error"] == 1
 
@@ -482,7 +465,7 @@ async def test_a_replay_after_the_outcome_expired_is_still_a_duplicate(
     reconciler = another_process(reconciler, redis)
 
     assert await reconciler.handle(work_for(report(order))) is Settlement.DUPLICATE
-    assert len(await read_topic(kafka_bootstrap, events, 1)) == 1
+    assert len(await read_json(kafka_bootstrap, events, 1)) == 1
     assert platform.calls == [order]  # asked once, for the first delivery only
     assert await redis.exists(lock_key(f"{MCH}:{order}")) == 0
 
@@ -500,7 +483,7 @@ async def test_a_notification_older_than_the_replay_window_is_refused_as_stale(
     platform.answers[order] = old
 
     assert await reconciler.handle(work_for(old)) is Settlement.DEAD_LETTERED
-    (letter,) = await read_topic(kafka_bootstrap, dlq, 1)
+    (letter,) = await read_json(kafka_bootstrap, dlq, 1)
     assert letter["reason"] == "stale"
     assert platform.calls == []
     assert await redis.exists(outcome_key(f"{MCH}:{order}"), lock_key(f"{MCH}:{order}")) == 0
@@ -509,7 +492,7 @@ async def test_a_notification_older_than_the_replay_window_is_refused_as_stale(
     swept = work_for(old)
     swept = Work(envelope=replace(swept.envelope, source="query"), origin="sweeper")
     assert await reconciler.handle(swept) is Settlement.PUBLISHED
-    (event,) = await read_topic(kafka_bootstrap, events, 1)
+    (event,) = await read_json(kafka_bootstrap, events, 1)
     assert event["type"] == "paynotify.payment.succeeded"
 
 
@@ -535,7 +518,7 @@ async def test_a_dead_letter_too_large_for_the_dlq_goes_without_its_payload(
     big = Work(envelope=replace(work.envelope, fields=huge), origin=work.origin)
     async with asyncio.timeout(30):
         assert await reconciler.settle(big) is Settlement.DEAD_LETTERED
-    (letter,) = await read_topic(kafka_bootstrap, dlq, 1)
+    (letter,) = await read_json(kafka_bootstrap, dlq, 1)
     assert letter["reason"] == "bad_signature"
     assert "payload" not in letter
     assert "MessageSizeTooLargeError" in letter["payload_omitted"]

@@ -11,7 +11,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
@@ -31,6 +30,7 @@ from shared.protocol.signing import signed
 from shared.service.settle import Reconciler, Settlement, Work
 from shared.settings import Settings
 from tests.conftest import TEST_KEY
+from tests.support.pipeline_checks import read_json
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -177,22 +177,6 @@ async def topic_end(bootstrap: str, topic: str) -> int:
         await consumer.stop()
 
 
-async def read_events(bootstrap: str, topic: str, count: int) -> list[dict]:
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
-    )
-    await consumer.start()
-    try:
-        got: list[dict] = []
-        async with asyncio.timeout(20):
-            while len(got) < count:
-                batch = await consumer.getmany(timeout_ms=500)
-                got.extend(orjson.loads(r.value) for rs in batch.values() for r in rs)
-        return got
-    finally:
-        await consumer.stop()
-
-
 async def test_the_reconciler_publishes_only_what_the_replica_holds(
     pair: LocalRedisPair, primary: Redis, kafka_bootstrap: str, fresh_topic
 ) -> None:
@@ -226,7 +210,7 @@ async def test_the_reconciler_publishes_only_what_the_replica_holds(
             pair.resume_replica()
         async with asyncio.timeout(60):
             assert await settling == Settlement.REPUBLISHED
-        (event,) = await read_events(kafka_bootstrap, events_topic, 1)
+        (event,) = await read_json(kafka_bootstrap, events_topic, 1)
         assert event["type"] == "paynotify.payment.succeeded"
         assert len(answers.calls) == 1  # decided once; the retries only waited
         assert await topic_end(kafka_bootstrap, events_topic) == 1

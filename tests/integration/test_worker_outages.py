@@ -9,10 +9,8 @@ import signal
 from collections import Counter
 from typing import TYPE_CHECKING
 
-import orjson
 import pytest
 import redis.exceptions
-from aiokafka import AIOKafkaConsumer
 
 from devtools.stack.local import LocalStack, free_port
 from shared.adapters.kafka import CallbackEnvelope, TopicSink, start_producer
@@ -22,6 +20,7 @@ from shared.clock import SystemClock
 from shared.ports import RecordedOutcome
 from shared.service.settle import Settlement, Work
 from shared.settings import Settings
+from tests.support.pipeline_checks import read_json
 from tests.support.redis_db import retry_set
 from workers.consumer import callbacks_consumer, retries_consumer
 from workers.keyed import KeyedRunner
@@ -144,7 +143,7 @@ async def test_a_corrupt_retry_entry_is_dead_lettered_and_removed(
             while await retry_set(client).count() > 0 or stats["dead_lettered"] < 2:
                 await asyncio.sleep(0.05)
         assert [w.envelope.fields["mch_order"] for w in settled] == ["o2"]
-        letters = await _read(kafka_bootstrap, dlq_topic, 2)
+        letters = await read_json(kafka_bootstrap, dlq_topic, 2)
         assert {letter["reason"] for letter in letters} == {"corrupt_retry_entry"}
     finally:
         stop.set()
@@ -161,19 +160,3 @@ async def _never_called(work: Work) -> Settlement:
 class _NoSink:
     async def publish(self, key: str, value: bytes) -> None:
         raise AssertionError(key)
-
-
-async def _read(bootstrap: str, topic: str, count: int) -> list[dict]:
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
-    )
-    await consumer.start()
-    try:
-        got: list[dict] = []
-        async with asyncio.timeout(20):
-            while len(got) < count:
-                batch = await consumer.getmany(timeout_ms=500)
-                got.extend(orjson.loads(r.value) for rs in batch.values() for r in rs)
-        return got
-    finally:
-        await consumer.stop()

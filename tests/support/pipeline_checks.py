@@ -70,3 +70,20 @@ def one_outcome_each(events: dict[str, list[dict[str, Any]]]) -> dict[str, str]:
         assert len(types) == 1, f"{subject}: conflicting outcomes {types}"
         outcomes[subject] = types.pop()
     return outcomes
+
+
+async def read_json(bootstrap: str, topic: str, count: int) -> list[dict[str, Any]]:
+    """The first `count` messages of `topic` (JSON values), from the beginning; 20 s at most."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    try:
+        got: list[dict[str, Any]] = []
+        async with asyncio.timeout(20):
+            while len(got) < count:
+                batch = await consumer.getmany(timeout_ms=500)
+                got.extend(orjson.loads(r.value) for rs in batch.values() for r in rs)
+        return got
+    finally:
+        await consumer.stop()
