@@ -16,8 +16,9 @@ and the index is changed by a command after it, in an order whose loss is harmle
 record is no longer pending is dropped when the sweeper next claims it, and recording an order
 again puts a pending one back in the index.
 
-The workers settle records in their own script (shared/adapters/outcomes.py): state=settled,
-outcome, settled_at, and the member then leaves the pending index.
+The workers settle a record in the same step as they write the payment's outcome: the outcome
+store's script (shared/adapters/outcomes.py) runs this module's `SETTLE_RECORD` fragment, and the
+store then calls `leave_pending`. What a settled record holds is written here only.
 """
 
 from __future__ import annotations
@@ -66,6 +67,17 @@ def order_record_key(mch_id: str, mch_order: str) -> str:
 def record_key_of(member: bytes | str) -> str:
     """The record's key for a member of the pending index (members are `mch_id:mch_order`)."""
     return redis_keys.order_record_key(member.decode() if isinstance(member, bytes) else member)
+
+
+def pending_index(redis: Redis) -> ShardedSchedule:
+    """The pending index on `redis` (its shards: `shared.adapters.redis_keys.pending_keys`)."""
+    return ShardedSchedule(redis, pending_keys())
+
+
+async def leave_pending(index: ShardedSchedule, mch_id: str, mch_order: str) -> None:
+    """Take a settled order out of the pending index (after `SETTLE_RECORD` said it settled it;
+    a member left behind is dropped at the sweeper's next claim: its record is settled)."""
+    await index.remove(_raw(order_key(mch_id, mch_order)))
 
 
 def expired_marker_key(mch_id: str, mch_order: str) -> str:
@@ -159,6 +171,18 @@ def decode_record(mapping: Mapping[bytes | str, bytes | str]) -> OrderRecord | N
     entry = decode_entry(mapping)
     return None if entry is None else entry.record
 
+
+# The order book's part of a worker's decision, for a script of the outcome store to run in the
+# same step as it writes the outcome (one slot: the record's key shares the payment's braces).
+# `settle_record(key, outcome, settled_at)` marks an existing record settled by that outcome and
+# returns 1, else 0 (no record: an order the merchant never recorded, or one that expired).
+SETTLE_RECORD: Final = """
+local function settle_record(key, outcome, settled_at)
+  if redis.call('EXISTS', key) == 0 then return 0 end
+  redis.call('HSET', key, 'state', 'settled', 'outcome', outcome, 'settled_at', settled_at)
+  return 1
+end
+"""
 
 # Fills in missing order fields one by one (HSETNX), so a second recording never overwrites
 # anything, least of all a settled state. Returns {state_was_new, stored amt, stored pay_type,
@@ -268,7 +292,7 @@ class OrderBook:
         self._record = redis.register_script(_RECORD)
         self._mark_failed = redis.register_script(_MARK_FAILED)
         self._transfer_amt = redis.register_script(_TRANSFER_AMT)
-        self.pending = ShardedSchedule(redis, pending_keys())
+        self.pending = pending_index(redis)
         self._reschedule = redis.register_script(_RESCHEDULE)
         self._stop_sweeping = redis.register_script(_STOP_SWEEPING)
         self._begin_expire = redis.register_script(_BEGIN_EXPIRE)

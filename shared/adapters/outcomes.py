@@ -12,7 +12,9 @@ Keys (one Redis, a Sentinel pair, or a Redis Cluster):
 - `pn:lock:{mch_id:mch_order}` the reconciliation lock (`SET NX PX`, token).
 - `pn:retry:{retry:N}`, N = 0..15: the retry set's shards, ZSETs of deferred work, score = when
   it is due (Unix seconds).
-- the order book's `pn:order:{...}` and `pn:orders:pending:{pending:N}` (docs/order-book.md).
+- the order book's `pn:order:{...}` and `pn:orders:pending:{pending:N}` (docs/order-book.md):
+  read and settled only through shared.adapters.order_book (its decoder, its `SETTLE_RECORD`
+  fragment, `leave_pending`), which owns what they hold.
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ from collections import defaultdict
 from typing import TYPE_CHECKING
 
 from shared.adapters import redis_keys
-from shared.adapters.order_book import decode_record, order_record_key
+from shared.adapters.order_book import (
+    SETTLE_RECORD,
+    decode_record,
+    leave_pending,
+    order_record_key,
+    pending_index,
+    record_key_of,
+)
 from shared.adapters.redis_client import is_cluster
 from shared.adapters.replication import ReplicatedWrites
 from shared.adapters.schedules import ShardedSchedule
@@ -55,10 +64,12 @@ return {3, {}}
 
 # Writes the outcome only if none exists; either way releases the caller's lock, and returns the
 # outcome that stands (the existing one wins: two outcomes for one payment cannot both be kept).
-# KEYS[3] is the payment's own order record (settled when ARGV[7] is '1'); the third value says
-# whether it was, and the caller then takes the order out of the pending index (a member left
-# behind is dropped at the sweeper's next claim: the record is settled).
-_DECIDE = """
+# KEYS[3] is the payment's own order record (settled by the order book's fragment when ARGV[7]
+# is '1'); the third value says whether it was, and the caller then has the order book take the
+# order out of the pending index.
+_DECIDE = (
+    SETTLE_RECORD
+    + """
 local existing = redis.call('HGETALL', KEYS[1])
 local written = 0
 local settled = 0
@@ -66,15 +77,13 @@ if #existing == 0 then
   redis.call('HSET', KEYS[1], 'type', ARGV[2], 'id', ARGV[3], 'event', ARGV[4],
              'published', '0', 'decided_at', ARGV[5])
   redis.call('EXPIRE', KEYS[1], ARGV[6])
-  if ARGV[7] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then
-    redis.call('HSET', KEYS[3], 'state', 'settled', 'outcome', ARGV[2], 'settled_at', ARGV[5])
-    settled = 1
-  end
+  if ARGV[7] == '1' then settled = settle_record(KEYS[3], ARGV[2], ARGV[5]) end
   written = 1
 end
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 return {written, existing, settled}
 """
+)
 
 # Releases the caller's lock (compare and delete).
 _RELEASE = """
@@ -132,7 +141,7 @@ class OutcomeStore(PublishedNotes):
         self._begin = redis.register_script(_BEGIN)
         self._decide = redis.register_script(_DECIDE)
         self._release = redis.register_script(_RELEASE)
-        self._pending = ShardedSchedule(redis, redis_keys.pending_keys())
+        self._pending = pending_index(redis)
         self.retries = ShardedSchedule(redis, redis_keys.retry_keys())
         self._renew = redis.register_script(_RENEW)
         self._mark = redis.register_script(_MARK_PUBLISHED)
@@ -142,7 +151,7 @@ class OutcomeStore(PublishedNotes):
     ) -> Decided | Locked | Busy:
         token = secrets.token_hex(16)
         record_key = order_record_key(mch_id, record_order)
-        own = record_key == redis_keys.order_record_key(order_key)
+        own = record_key == record_key_of(order_key)
         kind, payload = await self._begin(
             keys=[outcome_key(order_key), lock_key(order_key), *([record_key] if own else [])],
             args=[token, self._lock_ttl_ms],
@@ -190,9 +199,7 @@ class OutcomeStore(PublishedNotes):
         mch_id, mch_order = settle_record if settle_record is not None else ("", "")
         # Without a record to settle, KEYS[3] is still this order's (one slot), and left alone.
         record_key = (
-            order_record_key(mch_id, mch_order)
-            if settle_record
-            else redis_keys.order_record_key(order_key)
+            order_record_key(mch_id, mch_order) if settle_record else record_key_of(order_key)
         )
         written, existing, settled = await self.writes.run(
             self._decide,
@@ -203,7 +210,7 @@ class OutcomeStore(PublishedNotes):
             ],
         )  # fmt: skip
         if settled:
-            await self._pending.remove(f"{mch_id}:{mch_order}".encode())
+            await leave_pending(self._pending, mch_id, mch_order)
         if written:
             return RecordedOutcome(event_type, event_id, event, published=False)
         # Another worker's outcome stands; its own WAIT may have fallen short: wait for it here.
