@@ -1,11 +1,13 @@
 """Bootstrap: the collaborators every process builds from its settings, built in one place
-(cosmicpython's `bootstrap.py`). The worker, the sweeper, the demo and the benchmarks take
-their order book, outcome ledger and settling use case from here, so a setting means the same
-in each; the processes then compose them with their runtime (workers/) or app (ingress/).
+(cosmicpython's `bootstrap.py`). The ingress, the worker, the sweeper, the demo and the
+benchmarks take their pay types, order book, outcome ledger and use cases from here, so a
+setting means the same in each; the processes then compose them with their runtime (workers/)
+or app (ingress/).
 """
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from shared.adapters.kafka import CLOUDEVENTS_HEADERS, TopicSink
@@ -15,10 +17,12 @@ from shared.domain.decision import requery_schedule
 from shared.domain.sweep import SweepSchedule
 from shared.protocol.catalog import PayTypeCatalog
 from shared.service.settle import Reconciler
+from shared.service.sweep import SweepOrder
+from shared.tracing import Spans
 
 if TYPE_CHECKING:
     from collections import Counter
-    from collections.abc import Mapping
+    from collections.abc import Container, Mapping
 
     from redis.asyncio import Redis
 
@@ -89,4 +93,38 @@ def reconciler(
         transfer_tolerance=settings.transfer_tolerance_li,
         replay_window=settings.replay_window,
         stats=stats,
+    )
+
+
+def sweep_order(
+    settings: Settings,
+    redis: Redis,
+    platform: OrderQuery,
+    producer: Producer,
+    *,
+    clock: Clock,
+    rate: float,
+    merchants: Container[str] | None = None,
+    callbacks_topic: str | None = None,  # default: the deployment's (settings.topics)
+    events_topic: str | None = None,
+    dlq_topic: str | None = None,
+    name: str = "sweeper",
+) -> SweepOrder:
+    """The sweeping use case as the sweeper runs it: the settings' schedule, `rate` queries a
+    second, the order book on `redis`. `merchants`: the ids the platform client has keys for
+    (orders of others are not queried)."""
+    return SweepOrder(
+        order_book(settings, redis, clock),
+        platform,
+        producer,
+        clock=clock,
+        schedule=sweep_schedule(settings),
+        rate=rate,
+        callbacks_topic=callbacks_topic or settings.topics.callbacks,
+        events_topic=events_topic or settings.topics.events,
+        dlq_topic=dlq_topic or settings.topics.dlq,
+        merchants=merchants,
+        answer_sign_includes_envelope=settings.answer_sign_includes_envelope,
+        spans=Spans.from_env(os.environ, "sweeper"),
+        name=name,
     )

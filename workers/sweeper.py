@@ -22,13 +22,10 @@ loop (the lease, the claims, the parked notifications); one order's sweep is the
 from __future__ import annotations
 
 import asyncio
-import random
-import uuid
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from shared import topics
 from shared.adapters.order_book import SWEEPER_LEASE_KEY
 from shared.adapters.outages import OUTAGES
 from shared.adapters.parked import ParkedRecordError, decode_parked
@@ -42,17 +39,11 @@ from shared.protocol.errors import clean_msg
 from shared.protocol.payment import order_fields
 from shared.service.dead_letters import dead_letter
 from shared.service.sweep import DLQ_ORIGIN, Claimed, SweepOrder, printable
-from shared.trace import HEADER as TRACE_HEADER
 from shared.trace import start
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Container
-
     from shared.adapters.parked import ParkedNotifications
-    from shared.clock import Clock
-    from shared.domain.sweep import SweepSchedule
-    from shared.ports import Locks, OrderQuery, Orders, Producer
-    from shared.tracing import Spans
+    from shared.ports import Locks
 
 _PARKED_BATCH = 100  # parked entries asked for per scan step
 _PARKED_TRIES = 3  # unexpected failures in a row before a parked entry is dead-lettered
@@ -82,54 +73,33 @@ class SweeperLimits:
 
 
 class Sweeper:
+    """The sweeper's process loop around the use case `orders` (one claimed order's sweep): the
+    lease, the claims, the parked notifications. `orders` brings the order book, clock, producer
+    and figures the loop works with too, so the process has one set of them."""
+
     def __init__(
         self,
-        book: Orders,
+        orders: SweepOrder,
         locks: Locks,
-        platform: OrderQuery,
-        producer: Producer,
         *,
-        clock: Clock,
-        schedule: SweepSchedule,
         limits: SweeperLimits,
-        callbacks_topic: str = topics.CALLBACKS,
-        events_topic: str = topics.EVENTS,
-        dlq_topic: str = topics.DLQ,
-        merchants: Container[str] | None = None,
-        new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
-        random: Callable[[], float] = random.random,
-        name: str = "sweeper",
-        answer_sign_includes_envelope: bool = False,
         parked: ParkedNotifications | None = None,
-        spans: Spans | None = None,
     ) -> None:
-        """`merchants`: the merchant ids the platform client has keys for; an order of any other
-        merchant is not queried (it could only fail) and is given up after its hopeless tries.
-        None: every order is queried, and the client's `UnknownMerchant` says so instead."""
-        self._book = book
+        """`parked`: the ingress's parked notifications, published while leading; None when
+        another process publishes them."""
+        self._orders = orders
+        self._book = orders.book
         self._locks = locks
-        self._producer = producer
-        self._clock = clock
+        self._clock = orders.clock
         self._limits = limits
-        self._callbacks_topic = callbacks_topic
-        self._dlq_topic = dlq_topic
-        self._parked = parked  # None: another process publishes parked notifications
+        self._parked = parked
         # Parked entries whose publishing failed unexpectedly, in a row, and the last reason.
         self._parked_failures: Counter[bytes] = Counter()
         self._parked_failed: dict[bytes, str] = {}
-        self._random = random
         self._stopping = asyncio.Event()
-        self._name = name.replace("/", "-")  # names the lease's holder (`paynotify status`)
-        self._log = get_logger("sweeper", instance=name)
-        self.stats: Counter[str] = Counter()
-        # The use case, one claimed order at a time (shared.service.sweep); its figures are ours.
-        self._orders = SweepOrder(
-            book, platform, producer, clock=clock, schedule=schedule, rate=limits.rate,
-            callbacks_topic=callbacks_topic, events_topic=events_topic, dlq_topic=dlq_topic,
-            merchants=merchants, new_id=new_id, random=random,
-            answer_sign_includes_envelope=answer_sign_includes_envelope, spans=spans,
-            stats=self.stats, name=name,
-        )  # fmt: skip
+        self._name = orders.name.replace("/", "-")  # names the lease's holder (`paynotify status`)
+        self._log = get_logger("sweeper", instance=orders.name)
+        self.stats = orders.stats  # one set of figures per process
         self.leading = False
         self._claim_failures = 0
         self._marked = float("-inf")  # monotonic time of the last sweep mark
@@ -322,14 +292,7 @@ class Sweeper:
                     self._forget_parked(field)
                     return
                 trace = entry.trace or start()  # parked by an ingress that traced nothing
-                await self._orders.io(
-                    lambda: self._producer.send_and_wait(
-                        self._callbacks_topic,
-                        entry.envelope,
-                        key=entry.key,
-                        headers=[(TRACE_HEADER, trace.encode())],
-                    )
-                )
+                await self._orders.send_callback(entry.key, entry.envelope, trace)
                 self.stats["parked_released"] += 1
                 self._log.info(
                     "parked_released",
@@ -356,24 +319,17 @@ class Sweeper:
         now = self._clock.time()
         value = dead_letter(reason, detail, DLQ_ORIGIN, raw, now)
         try:
-            await self._orders.io(
-                lambda: self._producer.send_and_wait(self._dlq_topic, value, key=key)
-            )
+            await self._orders.send_dead_letter(key, value)
         except Exception:  # refused whole (too large): the reason alone, said
             value = dead_letter(reason, detail, DLQ_ORIGIN, b"", now, omit="refused by the DLQ")
-            await self._orders.io(
-                lambda: self._producer.send_and_wait(self._dlq_topic, value, key=key)
-            )
+            await self._orders.send_dead_letter(key, value)
         self.stats["dead_lettered"] += 1
         self.stats[f"dead_letter:{reason}"] += 1
-
-    async def _send(self, topic: str, value: bytes, key: str) -> None:
-        await self._orders.io(lambda: self._producer.send_and_wait(topic, value, key=key))
 
     def _backoff(self, event: str, exc: Exception, failures: int) -> float:
         """Log a failed call of the sweep loop and return the pause before the next try: an
         outage is a warning, anything else an error with its traceback (and counted)."""
-        pause = OUTAGE_BACKOFF.backoff(failures, self._random)
+        pause = OUTAGE_BACKOFF.backoff(failures, self._orders.random)
         if isinstance(exc, OUTAGES):
             self.stats["outage_waits"] += 1
             self._log.warning(event, error=type(exc).__name__, pause=round(pause, 3))

@@ -29,7 +29,6 @@ from shared.merchants_reload import watching
 from shared.platform.client import PlatformClient
 from shared.probes import StatsCollector, new_registry, platform_calls, process_probes
 from shared.process import serve
-from shared.tracing import Spans
 from workers.sweeper import Sweeper, SweeperLimits
 
 if TYPE_CHECKING:
@@ -77,24 +76,12 @@ def build_sweeper(
 ) -> Sweeper:
     """The sweeper on the given connections, with the settings' schedule and limits.
     `merchants`: the ids the platform client has keys for (orders of others are not queried)."""
-    schedule = bootstrap.sweep_schedule(settings)
-    return Sweeper(
-        bootstrap.order_book(settings, redis, clock),
-        Locks(redis),
-        platform,
-        producer,
-        clock=clock,
-        schedule=schedule,
-        limits=sweeper_limits(settings),
-        callbacks_topic=callbacks_topic or settings.topics.callbacks,
-        events_topic=events_topic or settings.topics.events,
-        dlq_topic=dlq_topic or settings.topics.dlq,
-        merchants=merchants,
-        name=name,
-        answer_sign_includes_envelope=settings.answer_sign_includes_envelope,
-        parked=ParkedNotifications(redis),
-        spans=Spans.from_env(os.environ, "sweeper"),
-    )
+    limits = sweeper_limits(settings)
+    orders = bootstrap.sweep_order(
+        settings, redis, platform, producer, clock=clock, rate=limits.rate, merchants=merchants,
+        callbacks_topic=callbacks_topic, events_topic=events_topic, dlq_topic=dlq_topic, name=name,
+    )  # fmt: skip
+    return Sweeper(orders, Locks(redis), limits=limits, parked=ParkedNotifications(redis))
 
 
 async def run_sweeper(settings: Settings, stop: asyncio.Event, clock: Clock | None = None) -> None:

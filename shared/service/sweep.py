@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from shared.domain.sweep import SweepSchedule
     from shared.ports import OrderQuery, Orders, Producer
     from shared.protocol.models import OrderQueryAnswer
+    from shared.trace import TraceParent
 
 _T = TypeVar("_T")
 DLQ_ORIGIN = "sweeper"  # the `origin` of the sweeper's dead letters (the workers' name a topic)
@@ -123,7 +124,33 @@ class SweepOrder:
         self._pacer = Pacer(clock, rate)
         self._rest = MerchantRest(schedule)
         self.stats: Counter[str] = Counter() if stats is None else stats
+        self.name = name
         self._log = get_logger("sweeper", instance=name)
+
+    # What the sweeper's loop (workers/sweeper.py: the lease, the claims, the parked
+    # notifications) runs on besides `sweep`: one set of collaborators per process.
+    @property
+    def book(self) -> Orders:
+        return self._book
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    def random(self) -> float:
+        return self._random()
+
+    async def send_callback(self, key: str, value: bytes, trace: TraceParent) -> None:
+        """Put a notification (or a paid answer) on the callbacks topic, for the workers."""
+        headers = [(TRACE_HEADER, trace.encode())]
+        await self.io(
+            lambda: self._producer.send_and_wait(
+                self._callbacks_topic, value, key=key, headers=headers
+            )
+        )
+
+    async def send_dead_letter(self, key: str, value: bytes) -> None:
+        await self.io(lambda: self._producer.send_and_wait(self._dlq_topic, value, key=key))
 
     async def io(self, call: Callable[[], Awaitable[_T]]) -> _T:
         """One Redis or Kafka call of an order's sweep, with an outage waited out."""
@@ -236,12 +263,7 @@ class SweepOrder:
         ).encode()
         with self._spans.span("sweeper.forward", None) as span:  # nothing upstream: a trace
             span.set("paynotify.order_key", record.order_key)
-            headers = [(TRACE_HEADER, span.trace.encode())]
-            await self.io(
-                lambda: self._producer.send_and_wait(
-                    self._callbacks_topic, value, key=record.order_key, headers=headers
-                )
-            )
+            await self.send_callback(record.order_key, value, span.trace)
         self.stats["forwarded"] += 1
 
     async def expire(self, record: OrderRecord, decision: ExpireOrder) -> None:
@@ -341,9 +363,7 @@ class SweepOrder:
             reason, detail, DLQ_ORIGIN, _describe(member, entry), self._clock.time()
         )
         try:
-            await self.io(
-                lambda: self._producer.send_and_wait(self._dlq_topic, value, key=printable(member))
-            )
+            await self.send_dead_letter(printable(member), value)
         except Exception:  # a DLQ that refuses a small record: said, not fatal
             self.stats["dead_letter_failed"] += 1
             self._log.exception(

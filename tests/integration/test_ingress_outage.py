@@ -30,6 +30,7 @@ from shared.domain.sweep import SweepSchedule
 from shared.logs import get_logger
 from shared.merchants import parse_merchants
 from shared.protocol.signing import signed
+from shared.service.sweep import SweepOrder
 from shared.settings import Settings
 from tests.support.redis_db import clean_db, in_db
 from workers.sweeper import Sweeper, SweeperLimits
@@ -161,19 +162,18 @@ def _parked_sweeper(redis: Redis, producer: AIOKafkaProducer, names: Topics) -> 
     clock = SystemClock()
     schedule = SweepSchedule.scaled(time_scale=0.001, order_expiry=60.0)
     limits = SweeperLimits(rate=100.0, concurrency=2, lease_ttl=1.0, claim_hold=5.0, poll=0.05)
-    return Sweeper(
+    orders = SweepOrder(
         OrderBook(redis, clock, schedule=schedule),
-        Locks(redis),
         NoQueries(),
         producer,
         clock=clock,
         schedule=schedule,
-        limits=limits,
+        rate=limits.rate,
         callbacks_topic=names.callbacks,
         events_topic=names.events,
         dlq_topic=names.dlq,
-        parked=ParkedNotifications(redis),
     )
+    return Sweeper(orders, Locks(redis), limits=limits, parked=ParkedNotifications(redis))
 
 
 class NoQueries:

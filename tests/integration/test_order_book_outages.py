@@ -27,6 +27,7 @@ from shared.domain.orders import OrderRecord
 from shared.domain.sweep import SweepSchedule
 from shared.protocol.models import OrderQueryAnswer
 from shared.protocol.payment import PaymentReport, PaymentStatus, report_fields
+from shared.service.sweep import SweepOrder
 from shared.settings import Settings
 from workers.__main__ import run_worker
 from workers.orders_consumer import OrdersConsumer
@@ -125,11 +126,14 @@ async def test_the_sweeper_waits_out_a_redis_restart_and_finishes_its_work(
         await book.record_pending(OrderRecord("m1", name, 10_000, 10, int(time.time()) - 1))
     producer = await start_producer(Settings(kafka_bootstrap_servers=kafka_bootstrap))
     platform = PaidPlatform(delay=0.25)
-    sweeper = Sweeper(
-        book, Locks(redis), platform, producer, clock=SystemClock(), schedule=SCHEDULE,
-        limits=SweeperLimits(rate=40.0, concurrency=4, lease_ttl=1.0, claim_hold=60.0, poll=0.02),
+    orders = SweepOrder(
+        book, platform, producer, clock=SystemClock(), schedule=SCHEDULE, rate=40.0,
         callbacks_topic=await fresh_topic("callbacks"), events_topic=await fresh_topic("events"),
         dlq_topic=await fresh_topic("dlq"), merchants=MERCHANTS,
+    )  # fmt: skip
+    sweeper = Sweeper(
+        orders, Locks(redis),
+        limits=SweeperLimits(rate=40.0, concurrency=4, lease_ttl=1.0, claim_hold=60.0, poll=0.02),
     )  # fmt: skip
     task = asyncio.create_task(sweeper.run())
 

@@ -31,6 +31,7 @@ from shared.domain.sweep import SweepSchedule
 from shared.protocol.errors import OrderNotFound, ParameterCheckFailed, PlatformUnavailable
 from shared.protocol.models import OrderQueryAnswer
 from shared.protocol.payment import PaymentReport, PaymentStatus, report_fields
+from shared.service.sweep import SweepOrder
 from shared.settings import Settings
 from tests.support.redis_db import clean_db, pending_index
 from workers.sweeper import Sweeper, SweeperLimits
@@ -129,26 +130,23 @@ def _sweeper(
     merchants: frozenset[str] | None = None,
 ) -> Sweeper:
     clock = SystemClock()
-    return Sweeper(
+    orders = SweepOrder(
         OrderBook(redis, clock, schedule=schedule),
-        Locks(redis),
         platform,
         producer,
         clock=clock,
         schedule=schedule,
-        limits=SweeperLimits(
-            rate=rate,
-            concurrency=concurrency,
-            lease_ttl=lease_ttl,
-            claim_hold=claim_hold,
-            poll=0.02,
-        ),
+        rate=rate,
         callbacks_topic=topics[0],
         events_topic=topics[1],
         dlq_topic=topics[2],
         merchants=merchants,
         name=name,
     )
+    limits = SweeperLimits(
+        rate=rate, concurrency=concurrency, lease_ttl=lease_ttl, claim_hold=claim_hold, poll=0.02
+    )
+    return Sweeper(orders, Locks(redis), limits=limits)
 
 
 async def _record(redis: Redis, names: list[str], created_at: int | None = None) -> None:

@@ -29,6 +29,7 @@ from shared.domain.sweep import SweepSchedule
 from shared.protocol.errors import ParameterCheckFailed, UnknownMerchant
 from shared.protocol.models import OrderQueryAnswer
 from shared.protocol.payment import PaymentReport, PaymentStatus, report_fields
+from shared.service.sweep import SweepOrder
 from shared.settings import Settings
 from tests.support.redis_db import clean_db, pending_index
 from workers.orders_consumer import OrdersConsumer
@@ -169,10 +170,13 @@ async def test_a_flood_of_hopeless_orders_does_not_delay_the_paid_ones(
         dlq_topic=dlq, merchants=keys,
     )  # fmt: skip
     platform = Platform(keys)
-    sweeper = Sweeper(
-        book, Locks(redis), platform, producer, clock=clock, schedule=SCHEDULE,
-        limits=SweeperLimits(rate=RATE, concurrency=8, lease_ttl=2.0, claim_hold=30.0, poll=0.02),
+    sweep = SweepOrder(
+        book, platform, producer, clock=clock, schedule=SCHEDULE, rate=RATE,
         callbacks_topic=callbacks, events_topic=events, dlq_topic=dlq, merchants=keys,
+    )  # fmt: skip
+    sweeper = Sweeper(
+        sweep, Locks(redis),
+        limits=SweeperLimits(rate=RATE, concurrency=8, lease_ttl=2.0, claim_hold=30.0, poll=0.02),
     )  # fmt: skip
     tasks = [asyncio.create_task(recorder.run()), asyncio.create_task(sweeper.run())]
     started = time.monotonic()

@@ -53,7 +53,7 @@ from shared.domain.events import (
     encode,
 )
 from shared.domain.orders import CorruptRecordError, OrderRecord
-from shared.domain.sweep import ExpireOrder, SweepSchedule
+from shared.domain.sweep import SweepSchedule
 from shared.logs import get_logger
 from shared.merchants import parse_merchants
 from shared.ops.records import Position, parse_dead_letter, parse_event
@@ -577,29 +577,30 @@ async def test_the_orders_consumers_dead_letters_keep_the_messages_key() -> None
 # --- the sweeper: forwards, expiries, dead letters ---------------------------------------------
 
 
-def sweep_order(producer: Producer, book: MemoryOrderBook) -> SweepOrder:
+def sweep_order(producer: Producer, book: MemoryOrderBook, clock: ManualClock) -> SweepOrder:
     return SweepOrder(
-        book, ScriptedPlatform(), producer,  # no query is made here: the steps are driven
-        clock=ManualClock(NOW), schedule=SweepSchedule.scaled(time_scale=1.0, order_expiry=60.0),
+        book, ScriptedPlatform({ORDER: report()}), producer,  # others: 103, not found
+        clock=clock, schedule=SweepSchedule.scaled(time_scale=1.0, order_expiry=60.0),
         rate=10.0, callbacks_topic="callbacks", events_topic="events", dlq_topic="dlq",
     )  # fmt: skip
 
 
 async def test_the_sweepers_messages_and_keys_are_the_documented_ones() -> None:
-    """The sweeper's three writes (a paid answer forwarded as a query-sourced envelope, an
-    order.expired event, a dead letter for an order given up): each validates against its
-    message and carries the documented key. (The sweep decides when; these are its writes,
-    driven directly through the use case's steps.)"""
+    """The sweeper's three writes, each made by sweeping a claimed order: a paid answer
+    forwarded as a query-sourced envelope, an order.expired event for an order unpaid at its
+    expiry, a dead letter for an order given up (its record unreadable). Each validates against
+    its message and carries the documented key."""
     producer = Producer()
-    book = MemoryOrderBook(ManualClock(NOW))
-    await book.record(record())
-    swept = sweep_order(producer, book)
-    answer = OrderQueryAnswer(report=report(), key_id="sha256:k", raw=notification())
-    await swept.forward(record(), answer)
-    expired = decide_expiry(record(), QueryAnswer(report=None, queried_at=int(NOW)))
-    assert expired is not None
-    await swept.expire(record(), ExpireOrder(event=expired))
-    assert await swept.dead_letter(f"{MCH_ID}:{ORDER}", None, "internal_error", "boom")
+    clock = ManualClock(NOW)
+    book = MemoryOrderBook(clock)
+    paid, unpaid = record(), record(mch_order="P202611270002")
+    for order in (paid, unpaid):
+        await book.record(order)
+    swept = sweep_order(producer, book, clock)
+    for order in (paid, unpaid):
+        await swept.sweep(order.order_key, await book.entry(MCH_ID, order.mch_order))
+        clock.advance(1.0)  # past the pacer's next slot: no query waits for the clock
+    await swept.sweep(paid.order_key, CorruptRecordError("not a hash"))  # swept again, unreadable
     forward, event, letter = producer.sent
 
     assert (forward[0], forward[2]) == ("callbacks", key_of("CallbackEnvelope"))
@@ -608,7 +609,9 @@ async def test_the_sweepers_messages_and_keys_are_the_documented_ones() -> None:
     assert Draft202012Validator(message("CallbackEnvelope")["headers"]).is_valid(
         {name: value.decode() for name, value in forward[3]}
     )
-    assert (event[0], event[2]) == ("events", key_of(EVENT_MESSAGES[EventType.ORDER_EXPIRED]))
+    # The documented key is the order's `mch_id:mch_order` (the example's order is `paid`).
+    assert key_of(EVENT_MESSAGES[EventType.ORDER_EXPIRED]) == paid.order_key
+    assert (event[0], event[2]) == ("events", unpaid.order_key)
     assert_valid(EVENT_MESSAGES[EventType.ORDER_EXPIRED], orjson.loads(event[1]))
     assert "traceparent" in orjson.loads(event[1])
     assert (letter[0], letter[2]) == ("dlq", key_of("DeadLetter"))

@@ -21,6 +21,7 @@ from shared.domain.events import SOURCE_QUERY, EventType
 from shared.domain.orders import OrderRecord, OrderState
 from shared.domain.sweep import SweepSchedule
 from shared.protocol.payment import PaymentReport, PaymentStatus
+from shared.service.sweep import SweepOrder
 from tests.support.fakes import CapturingProducer, MemoryLocks, MemoryOrderBook, ScriptedPlatform
 from workers.sweeper import Sweeper, SweeperLimits
 
@@ -43,12 +44,15 @@ class World:
         self.locks = MemoryLocks(self.clock)
         self.platform = ScriptedPlatform()
         self.producer = CapturingProducer()
+        orders = SweepOrder(
+            self.book, self.platform, self.producer, clock=self.clock, schedule=SCHEDULE,
+            rate=1000.0, callbacks_topic=CALLBACKS, events_topic=EVENTS, dlq_topic=DLQ,
+            merchants=merchants,
+        )  # fmt: skip
         self.sweeper = Sweeper(
-            self.book, self.locks, self.platform, self.producer, clock=self.clock,
-            schedule=SCHEDULE,
+            orders, self.locks,
             limits=SweeperLimits(rate=1000.0, concurrency=8, lease_ttl=1.0, claim_hold=5.0,
                                  poll=0.02),
-            callbacks_topic=CALLBACKS, events_topic=EVENTS, dlq_topic=DLQ, merchants=merchants,
         )  # fmt: skip
 
     async def record(self, mch_order: str) -> OrderRecord:

@@ -14,6 +14,7 @@ from shared.adapters.kafka import CallbackEnvelope
 from shared.adapters.parked import encode_parked, fingerprint
 from shared.clock import ManualClock
 from shared.domain.sweep import SweepSchedule
+from shared.service.sweep import SweepOrder
 from workers.sweeper import Sweeper, SweeperLimits
 
 pytestmark = pytest.mark.unit
@@ -51,11 +52,12 @@ class Parked:
 def sweeper(producer: Producer) -> Sweeper:
     limits = SweeperLimits(rate=10.0, concurrency=1)
     schedule = SweepSchedule.scaled(time_scale=1.0, order_expiry=60.0)
-    return Sweeper(
-        None, None, None, producer,  # type: ignore[arg-type]  # not used to release
-        clock=ManualClock(), schedule=schedule, limits=limits,
+    orders = SweepOrder(
+        None, None, producer,  # type: ignore[arg-type]  # not used to release
+        clock=ManualClock(), schedule=schedule, rate=limits.rate,
         callbacks_topic="callbacks", dlq_topic="dlq",
     )  # fmt: skip
+    return Sweeper(orders, None, limits=limits)  # type: ignore[arg-type]  # no lease here
 
 
 async def test_an_unpublishable_entry_is_dead_lettered_after_three_tries() -> None:
