@@ -37,7 +37,6 @@ from shared.adapters.redis_client import connect_redis
 from shared.clock import SystemClock
 from shared.logs import configure_logging
 from shared.merchants import load_merchants
-from shared.platform.client import PlatformClient
 from shared.service.settle import Work
 from shared.settings import Settings
 from workers.__main__ import REDIS_HEADROOM
@@ -55,7 +54,7 @@ async def settler(settings: Settings) -> AsyncIterator[Callable[[bytes, str], Aw
         settings.redis_url, max_connections=settings.worker_concurrency + REDIS_HEADROOM
     )
     producer = await start_producer(settings, client_id="bench-peer")
-    platform = PlatformClient.without_retries(
+    platform = bootstrap.platform_client(
         settings, merchants, clock=clock, limit=settings.worker_concurrency
     )
     stats: Counter[str] = Counter()

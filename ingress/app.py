@@ -27,6 +27,7 @@ from ingress.forms import parse_request
 from ingress.publisher import Publisher
 from ingress.refusals import Reason, Refusal
 from ingress.verification import Verifier
+from shared import bootstrap
 from shared.adapters.kafka import (
     CallbackEnvelope,
     start_admin,
@@ -42,7 +43,6 @@ from shared.logs import BoundLogger, get_logger
 from shared.merchants import LiveMerchants
 from shared.merchants_reload import watching
 from shared.platform.retry import wait_out
-from shared.protocol.catalog import PayTypeCatalog
 from shared.protocol.payment import order_fields
 from shared.trace import HEADER as TRACE_HEADER
 from shared.trace import TraceParent
@@ -442,7 +442,7 @@ def build_app(
     """The ingress application; Kafka clients start when the app starts. `operations` False
     leaves /healthz, /readyz and /metrics to `build_admin_app` (a port of their own), so the
     public port serves the notification paths only."""
-    catalog = PayTypeCatalog.documented().with_overrides(settings.pay_type_paths)
+    catalog = bootstrap.pay_types(settings)
     ingress = Ingress(
         settings=settings,
         verifier=Verifier(merchants, frozenset(catalog.by_code)),

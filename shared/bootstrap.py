@@ -8,6 +8,7 @@ or app (ingress/).
 from __future__ import annotations
 
 import os
+import random
 from typing import TYPE_CHECKING
 
 from shared.adapters.kafka import CLOUDEVENTS_HEADERS, TopicSink
@@ -15,6 +16,8 @@ from shared.adapters.order_book import OrderBook
 from shared.adapters.outcomes import OutcomeStore
 from shared.domain.decision import requery_schedule
 from shared.domain.sweep import SweepSchedule
+from shared.platform.client import ClientConfig, PlatformClient
+from shared.platform.retry import RetryPolicy
 from shared.protocol.catalog import PayTypeCatalog
 from shared.service.settle import Reconciler
 from shared.service.sweep import SweepOrder
@@ -28,10 +31,50 @@ if TYPE_CHECKING:
 
     from shared.clock import Clock
     from shared.merchants import Merchant
+    from shared.platform.client import CallObserver
     from shared.ports import OrderQuery, OutcomeLedger, Producer
     from shared.settings import Settings
 
 LOCK_TTL_MS = 30_000  # a payment's reconciliation lock; renewed while the platform answers
+
+
+def pay_types(settings: Settings) -> PayTypeCatalog:
+    """The documented pay types with `PAYNOTIFY_PAY_TYPE_PATHS`' overrides: what the ingress
+    accepts, the workers settle and the platform client asks for."""
+    return PayTypeCatalog.documented().with_overrides(settings.pay_type_paths)
+
+
+def platform_config(settings: Settings, *, retry: RetryPolicy | None = None) -> ClientConfig:
+    """How the platform client talks to `PAYNOTIFY_PLATFORM_URL`; `retry`: its own retries of
+    a failed call (default: the client's policy)."""
+    return ClientConfig(
+        base_url=settings.platform_url,
+        pay_types=pay_types(settings),
+        timeout=settings.platform_timeout,
+        answer_sign_includes_envelope=settings.answer_sign_includes_envelope,
+        retry=RetryPolicy() if retry is None else retry,
+    )
+
+
+def platform_client(
+    settings: Settings,
+    merchants: Mapping[str, Merchant],
+    *,
+    clock: Clock,
+    limit: int,
+    observe: CallObserver | None = None,
+) -> PlatformClient:
+    """The platform client of the processes that retry durably on their own schedule (worker,
+    sweeper, `paynotify requery`): one try per call, so a slow platform never holds their work
+    in a hidden retry loop. Closed by `close()`."""
+    return PlatformClient.open(
+        platform_config(settings, retry=RetryPolicy(retries=0)),
+        merchants,
+        clock=clock,
+        random=random.random,
+        limit=limit,
+        observe=observe,
+    )
 
 
 def sweep_schedule(settings: Settings) -> SweepSchedule:
@@ -85,7 +128,7 @@ def reconciler(
         merchants=merchants,
         events=TopicSink(producer, settings.topics.events, CLOUDEVENTS_HEADERS),
         dlq=TopicSink(producer, settings.topics.dlq),
-        pay_types=PayTypeCatalog.documented().with_overrides(settings.pay_type_paths),
+        pay_types=pay_types(settings),
         policy=settings.order_records,
         schedule=requery_schedule(settings.time_scale),
         clock=clock,

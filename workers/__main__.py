@@ -28,7 +28,6 @@ from shared.clock import Clock, SystemClock
 from shared.logs import get_logger
 from shared.merchants import LiveMerchants
 from shared.merchants_reload import watching
-from shared.platform.client import PlatformClient
 from shared.probes import StatsCollector, new_registry, platform_calls, process_probes
 from shared.process import serve
 from shared.protocol.payment import order_fields
@@ -114,7 +113,7 @@ async def _run_worker(  # noqa: PLR0917 - the collaborators run_worker built
     if producer is None:  # stopped before Kafka answered
         return
     # The workers retry durably themselves (the retry set), so the client does not retry.
-    platform = PlatformClient.without_retries(
+    platform = bootstrap.platform_client(
         settings,
         merchants,
         clock=clock,

@@ -26,7 +26,6 @@ from shared.clock import Clock, SystemClock
 from shared.logs import get_logger
 from shared.merchants import LiveMerchants
 from shared.merchants_reload import watching
-from shared.platform.client import PlatformClient
 from shared.probes import StatsCollector, new_registry, platform_calls, process_probes
 from shared.process import serve
 from workers.sweeper import Sweeper, SweeperLimits
@@ -130,7 +129,7 @@ async def _run_sweeper(  # noqa: PLR0917 - the collaborators run_sweeper built
     if producer is None:  # stopped before Kafka answered
         return
     # The schedule is the sweeper's retry; the client adds none of its own.
-    platform = PlatformClient.without_retries(
+    platform = bootstrap.platform_client(
         settings,
         merchants,
         clock=clock,

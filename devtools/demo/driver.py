@@ -36,7 +36,7 @@ from shared.adapters.outages import OUTAGES
 from shared.adapters.redis_client import connect_redis
 from shared.clock import SystemClock
 from shared.merchants import load_merchants
-from shared.platform.client import ClientConfig, PlatformClient
+from shared.platform.client import PlatformClient
 from shared.platform.retry import OUTAGE_BACKOFF
 from shared.protocol.catalog import PayTypeCatalog
 from shared.protocol.errors import PlatformError
@@ -221,7 +221,7 @@ class DemoRun:
             )
             book = bootstrap.order_book(self.settings, redis, clock)
             client = PlatformClient.open(
-                ClientConfig.from_settings(self.settings),
+                bootstrap.platform_config(self.settings),
                 {self.merchant.mch_id: self.merchant},
                 clock=clock,
                 random=self.rng.random,

@@ -24,10 +24,10 @@ from devtools.sandbox.routes import (
     add_routes,
     control_errors,
 )
+from shared import bootstrap
 from shared.clock import SystemClock
 from shared.logs import configure_logging, get_logger
 from shared.merchants import MerchantsFileError, load_merchants
-from shared.protocol.catalog import PayTypeCatalog
 from shared.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def config_from(args: argparse.Namespace, settings: Settings) -> SandboxConfig:
     time_scale = getattr(args, "time_scale", None)
     pay_after = getattr(args, "pay_after", None)
     return SandboxConfig(
-        pay_types=PayTypeCatalog.documented().with_overrides(settings.pay_type_paths),
+        pay_types=bootstrap.pay_types(settings),
         time_scale=settings.time_scale if time_scale is None else time_scale,
         pay_after=NEVER if pay_after is None else pay_after,
         answer_sign_includes_envelope=settings.answer_sign_includes_envelope,

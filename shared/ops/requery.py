@@ -14,13 +14,13 @@ import asyncio
 import uuid
 from typing import TYPE_CHECKING
 
+from shared import bootstrap
 from shared.adapters.order_book import OrderBook
 from shared.merchants import load_merchants
 from shared.ops.kafka_io import Kafka
 from shared.ops.redis_state import open_redis, recorded_event
 from shared.ops.render import safe, summary
 from shared.ops.tool import EXIT_FAILED, EXIT_OK, Console, UsageError, run_tool
-from shared.platform.client import PlatformClient
 from shared.protocol.errors import OrderNotFound, PlatformError, UnknownMerchant
 from shared.protocol.fields import FieldError, check_text
 from shared.protocol.payment import order_key
@@ -64,7 +64,7 @@ async def query(
     bound: float,
 ) -> OrderQueryAnswer:
     """One order query, without the client's retries (an operator runs it again), bounded."""
-    platform = PlatformClient.without_retries(settings, merchants, clock=console.clock, limit=1)
+    platform = bootstrap.platform_client(settings, merchants, clock=console.clock, limit=1)
     try:
         async with asyncio.timeout(bound):
             return await platform.query_order(mch_id, mch_order)

@@ -10,7 +10,6 @@ exponential backoff and jitter; `Clock` and the random source are injected so te
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, Self, TypeAlias, TypeVar
 
@@ -51,7 +50,6 @@ if TYPE_CHECKING:
 
     from shared.clock import Clock
     from shared.merchants import Merchant
-    from shared.settings import Settings
 
 QUICK_CONFIRM_PATH = "api/v1/quick_confirm.api"
 ORDER_QUERY_PATH = "api/fetch_order.api"  # sic: no v1/
@@ -86,16 +84,6 @@ class ClientConfig:
             raise ValueError("the platform URL must be an absolute http(s) URL")
         if not self.timeout > 0:
             raise ValueError("the platform timeout must be positive")
-
-    @classmethod
-    def from_settings(cls, settings: Settings, *, retry: RetryPolicy | None = None) -> Self:
-        return cls(
-            base_url=settings.platform_url,
-            pay_types=PayTypeCatalog.documented().with_overrides(settings.pay_type_paths),
-            timeout=settings.platform_timeout,
-            answer_sign_includes_envelope=settings.answer_sign_includes_envelope,
-            retry=RetryPolicy() if retry is None else retry,
-        )
 
     def url(self, path: str) -> str:
         return f"{self.base_url.rstrip('/')}/{path.lstrip('/')}"
@@ -154,27 +142,6 @@ class PlatformClient:
             session, config, merchants, clock=clock, random=random, owns_session=True,
             observe=observe,
         )  # fmt: skip
-
-    @classmethod
-    def without_retries(
-        cls,
-        settings: Settings,
-        merchants: Mapping[str, Merchant],
-        *,
-        clock: Clock,
-        limit: int,
-        observe: CallObserver | None = None,
-    ) -> Self:
-        """For callers that retry durably on their own schedule (workers, sweeper): one try per
-        call, so a slow platform never holds their work in a hidden retry loop."""
-        return cls.open(
-            ClientConfig.from_settings(settings, retry=RetryPolicy(retries=0)),
-            merchants,
-            clock=clock,
-            random=random.random,
-            limit=limit,
-            observe=observe,
-        )
 
     async def close(self) -> None:
         if self._owns_session:

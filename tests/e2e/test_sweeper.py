@@ -34,7 +34,7 @@ from shared.clock import SystemClock
 from shared.domain.orders import OrderRecord, OrderState
 from shared.domain.sweep import SweepSchedule
 from shared.merchants import Merchant, load_merchants
-from shared.platform.client import ClientConfig, PlatformClient
+from shared.platform.client import PlatformClient
 from shared.platform.retry import RetryPolicy
 from shared.protocol.signing import signed
 from shared.settings import Settings
@@ -188,7 +188,7 @@ async def _events(
 
 def _client(settings: Settings, merchants: Mapping[str, Merchant]) -> PlatformClient:
     return PlatformClient.open(
-        ClientConfig.from_settings(settings, retry=RetryPolicy(retries=0)),
+        bootstrap.platform_config(settings, retry=RetryPolicy(retries=0)),
         merchants,
         clock=SystemClock(),
         random=random.Random(5).random,
