@@ -146,23 +146,22 @@ def sweep_order(
     producer: Producer,
     *,
     clock: Clock,
-    rate: float,
     merchants: Container[str] | None = None,
     callbacks_topic: str | None = None,  # default: the deployment's (settings.topics)
     events_topic: str | None = None,
     dlq_topic: str | None = None,
     name: str = "sweeper",
 ) -> SweepOrder:
-    """The sweeping use case as the sweeper runs it: the settings' schedule, `rate` queries a
-    second, the order book on `redis`. `merchants`: the ids the platform client has keys for
-    (orders of others are not queried)."""
+    """The sweeping use case as the sweeper runs it: the settings' schedule and query rate
+    (`PAYNOTIFY_SWEEP_RATE`), the order book on `redis`. `merchants`: the ids the platform
+    client has keys for (orders of others are not queried)."""
     return SweepOrder(
         order_book(settings, redis, clock),
         platform,
         producer,
         clock=clock,
         schedule=sweep_schedule(settings),
-        rate=rate,
+        rate=settings.sweep_rate,
         callbacks_topic=callbacks_topic or settings.topics.callbacks,
         events_topic=events_topic or settings.topics.events,
         dlq_topic=dlq_topic or settings.topics.dlq,

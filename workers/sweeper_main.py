@@ -32,13 +32,13 @@ from workers.sweeper import Sweeper, SweeperLimits
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Container, Mapping
+    from collections.abc import Mapping
 
     from aiokafka import AIOKafkaProducer
     from redis.asyncio import Redis
 
     from shared.merchants import Merchant
-    from shared.ports import OrderQuery, Producer
+    from shared.service.sweep import SweepOrder
     from shared.settings import Settings
 
 LEASE_TTL = 10.0  # seconds: how soon a waiting instance takes over from a dead one
@@ -60,27 +60,12 @@ def sweeper_limits(settings: Settings) -> SweeperLimits:
     )
 
 
-def build_sweeper(
-    settings: Settings,
-    redis: Redis,
-    platform: OrderQuery,
-    producer: Producer,
-    *,
-    clock: Clock,
-    merchants: Container[str] | None = None,
-    callbacks_topic: str | None = None,  # default: the deployment's (settings.topics)
-    events_topic: str | None = None,
-    dlq_topic: str | None = None,
-    name: str = "sweeper",
-) -> Sweeper:
-    """The sweeper on the given connections, with the settings' schedule and limits.
-    `merchants`: the ids the platform client has keys for (orders of others are not queried)."""
-    limits = sweeper_limits(settings)
-    orders = bootstrap.sweep_order(
-        settings, redis, platform, producer, clock=clock, rate=limits.rate, merchants=merchants,
-        callbacks_topic=callbacks_topic, events_topic=events_topic, dlq_topic=dlq_topic, name=name,
-    )  # fmt: skip
-    return Sweeper(orders, Locks(redis), limits=limits, parked=ParkedNotifications(redis))
+def build_sweeper(settings: Settings, redis: Redis, orders: SweepOrder) -> Sweeper:
+    """The sweeper's loop on `orders` (`bootstrap.sweep_order`), with the settings' limits, and
+    publishing what the ingress parked."""
+    return Sweeper(
+        orders, Locks(redis), limits=sweeper_limits(settings), parked=ParkedNotifications(redis)
+    )
 
 
 async def run_sweeper(settings: Settings, stop: asyncio.Event, clock: Clock | None = None) -> None:
@@ -138,9 +123,10 @@ async def _run_sweeper(  # noqa: PLR0917 - the collaborators run_sweeper built
     )
     # Who holds the lease, in `paynotify status`: the pod's (or machine's) name and the pid.
     instance = f"{socket.gethostname()}:{os.getpid()}"
-    sweeper = build_sweeper(
+    orders = bootstrap.sweep_order(
         settings, redis, platform, producer, clock=clock, merchants=merchants, name=instance
     )
+    sweeper = build_sweeper(settings, redis, orders)
     probes.sweeper = sweeper
     try:
         log.info(

@@ -216,7 +216,11 @@ async def test_paid_orders_with_every_notification_lost_settle_through_the_sweep
     worker = asyncio.create_task(run_worker(settings, stop))
     producer = await start_producer(settings)
     platform = _client(settings, merchants)
-    sweeper = build_sweeper(settings, redis, platform, producer, clock=SystemClock())
+    sweeper = build_sweeper(
+        settings,
+        redis,
+        bootstrap.sweep_order(settings, redis, platform, producer, clock=SystemClock()),
+    )
     sweeping = asyncio.create_task(sweeper.run())
     started = time.monotonic()
     try:
@@ -313,10 +317,10 @@ async def test_unpaid_orders_expire_once_with_two_sweepers_and_no_doubled_query(
     producer = await start_producer(settings)
     platform = _client(settings, merchants)
     sweepers = [
-        build_sweeper(
+        build_sweeper(settings, redis, bootstrap.sweep_order(
             settings, redis, platform, producer, clock=SystemClock(), name=name,
             callbacks_topic=callbacks, events_topic=events_topic,
-        )
+        ))
         for name in ("first", "second")
     ]  # fmt: skip
     tasks = [asyncio.create_task(s.run()) for s in sweepers]
@@ -389,7 +393,11 @@ async def test_orders_published_from_outside_are_used_for_the_amount_check(  # n
     stop = asyncio.Event()
     tasks = [asyncio.create_task(recorder.run()), asyncio.create_task(run_worker(settings, stop))]
     platform = _client(settings, merchants)
-    sweeper = build_sweeper(settings, redis, platform, producer, clock=SystemClock())
+    sweeper = build_sweeper(
+        settings,
+        redis,
+        bootstrap.sweep_order(settings, redis, platform, producer, clock=SystemClock()),
+    )
     tasks.append(asyncio.create_task(sweeper.run()))
     subjects = {f"{mch_id}:{good}", f"{mch_id}:{wrong}"}
     try:
@@ -466,9 +474,9 @@ async def test_paid_orders_settle_beside_a_flood_of_orders_that_cannot_be(  # no
     stop = asyncio.Event()
     tasks = [asyncio.create_task(recorder.run()), asyncio.create_task(run_worker(settings, stop))]
     platform = _client(settings, merchants)
-    sweeper = build_sweeper(
+    sweeper = build_sweeper(settings, redis, bootstrap.sweep_order(
         settings, redis, platform, producer, clock=SystemClock(), merchants=frozenset(merchants)
-    )
+    ))  # fmt: skip
     tasks.append(asyncio.create_task(sweeper.run()))
     subjects = {f"{mch_id}:{n}" for n in names}
     started = time.monotonic()
@@ -540,7 +548,8 @@ async def test_answers_signed_over_code_and_msg_settle_through_the_sweeper(
         worker = asyncio.create_task(run_worker(signed_over, stop))
         producer = await start_producer(signed_over)
         platform = _client(signed_over, merchants)
-        sweeper = build_sweeper(signed_over, redis, platform, producer, clock=SystemClock())
+        orders = bootstrap.sweep_order(signed_over, redis, platform, producer, clock=SystemClock())
+        sweeper = build_sweeper(signed_over, redis, orders)
         sweeping = asyncio.create_task(sweeper.run())
         try:
             events = await _events(
