@@ -27,6 +27,7 @@ if not __package__:  # run as a script: make the repository root importable
 
 import orjson
 
+from benchmarks import kafka_requests
 from benchmarks.common import (
     CpuMonitor,
     SandboxControl,
@@ -115,6 +116,7 @@ def _phase(
     bodies_file = write_bodies(bodies, tmp / name)
     sendlog = tmp / name / "sent.txt"
     events_start = asyncio.run(end_offsets(bootstrap, topics.EVENTS))
+    requests_before = kafka_requests.snapshot(env["requests"])
     duration = args.max_seconds if rate == 0 else count / rate + 2
     result = run_wrk(
         pipeline.notify_url, bodies_file, connections=args.connections, duration=duration,
@@ -122,6 +124,7 @@ def _phase(
     )  # fmt: skip
     targets = asyncio.run(end_offsets(bootstrap, topics.CALLBACKS))
     settled_all = asyncio.run(_wait_settled(bootstrap, env["group"], targets, args.drain_deadline))
+    requests = kafka_requests.per_second(requests_before, kafka_requests.snapshot(env["requests"]))
     key_prefix = f"{merchant().mch_id}:{prefix}"
     events = asyncio.run(read_from(bootstrap, topics.EVENTS, events_start, key_prefix))
     sent = read_sendlog(sendlog)
@@ -161,10 +164,13 @@ def _phase(
         "late_sends": result.late,
         "generator_cpu_cores": result.generator_cpu,
         "cpu_cores": usage,
+        # What the processes asked of the brokers, from the phase's start until all settled.
+        "kafka_requests_per_s": requests,
         "outcomes": event_types(events),
         "unsettled": sorted(set(by_name) - {e.key.split(":", 1)[1] for e in events})[:10],
     }
     log(f"e2e {name}: {row['sustained_per_s']}/s settled, e2e p99 {row['e2e']['p99_ms']} ms")
+    log(f"e2e {name}: Kafka requests per second {orjson.dumps(requests).decode()}")
     return row
 
 
@@ -229,9 +235,14 @@ def main(argv: list[str] | None = None) -> int:
     ):
         cpu.watch("kafka", svc.kafka_pid)
         cpu.watch("redis", svc.redis_pid)
-        pipeline = Pipeline(Path(tmp), pipeline_env(svc, f"bench-e2e-{rid}"))
+        requests = Path(tmp) / "kafka-requests"
+        requests.mkdir()
+        pipeline = Pipeline(
+            Path(tmp),
+            pipeline_env(svc, f"bench-e2e-{rid}", **kafka_requests.environment(requests)),
+        )
         env = {"pipeline": pipeline, "cpu": cpu, "bootstrap": svc.bootstrap, "rid": rid,
-               "tmp": tmp}  # fmt: skip
+               "tmp": tmp, "requests": requests}  # fmt: skip
         try:
             pipeline.ensure_topics()
             cpu.watch("sandbox", pipeline.start_sandbox().pid)
