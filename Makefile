@@ -81,9 +81,9 @@ stack-down: install
 run: install services-deps
 	$(PY) -m devtools.demo $(DEMO_ARGS)
 
-# The five benchmarks (docs/performance.md) against one stack; not part of `make test`.
+# The six benchmarks (docs/performance.md) against one stack; not part of `make test`.
 # Installs what only they need: wrk (Debian, as root), FastStream (the peer), py-spy (profiles).
-# BENCH_ARGS: some of ingress worker peer e2e ceiling, and/or --profile.
+# BENCH_ARGS: some of ingress worker peer e2e ceiling soak, and/or --profile.
 bench: install
 	command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq wrk; }
 	$(PY) -c 'import faststream' 2>/dev/null || $(BIN)/pip install -q 'faststream[kafka]'

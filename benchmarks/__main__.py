@@ -20,9 +20,10 @@ if not __package__:  # run as a script: make the repository root importable
 
 from benchmarks.common import ROOT, in_db, log, services
 
-ALL = ("ingress", "worker", "peer", "e2e", "ceiling")
+ALL = ("ingress", "worker", "peer", "e2e", "ceiling", "soak")
 PROFILED = {"ingress", "worker"}
 DEADLINE = 600.0  # seconds for any one benchmark
+DEADLINES = {"soak": 1_200.0}  # ten minutes of load, then the drain
 
 
 def main() -> int:
@@ -53,7 +54,7 @@ def main() -> int:
                 argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
             ) as process:
                 # Every benchmark bounds its own phases; this is the last resort.
-                timer = threading.Timer(DEADLINE, process.terminate)
+                timer = threading.Timer(DEADLINES.get(name, DEADLINE), process.terminate)
                 timer.daemon = True
                 timer.start()
                 try:

@@ -72,7 +72,7 @@ def _assigned(process: ServiceProcess) -> list[int] | None:
     return held
 
 
-def _wait_group(workers: list[ServiceProcess], partitions: int, deadline: float = 60.0) -> None:
+def wait_group(workers: list[ServiceProcess], partitions: int, deadline: float = 60.0) -> None:
     end = time.monotonic() + deadline
     while time.monotonic() < end:
         held = [_assigned(w) for w in workers]
@@ -85,7 +85,7 @@ def _wait_group(workers: list[ServiceProcess], partitions: int, deadline: float 
     raise TimeoutError(f"the workers did not share the {partitions} partitions in {deadline}s")
 
 
-async def _wait_settled(
+async def wait_settled(
     bootstrap: str, group: str, targets: dict[int, int], deadline: float
 ) -> bool:
     end = time.monotonic() + deadline
@@ -123,7 +123,7 @@ def _phase(
         limit=count, rate=rate, sendlog=sendlog,
     )  # fmt: skip
     targets = asyncio.run(end_offsets(bootstrap, topics.CALLBACKS))
-    settled_all = asyncio.run(_wait_settled(bootstrap, env["group"], targets, args.drain_deadline))
+    settled_all = asyncio.run(wait_settled(bootstrap, env["group"], targets, args.drain_deadline))
     requests = kafka_requests.per_second(requests_before, kafka_requests.snapshot(env["requests"]))
     key_prefix = f"{merchant().mch_id}:{prefix}"
     events = asyncio.run(read_from(bootstrap, topics.EVENTS, events_start, key_prefix))
@@ -190,7 +190,7 @@ def _config(
     try:
         for i, w in enumerate(workers):
             env["cpu"].watch(f"worker-{i}", w.pid)
-        _wait_group(workers, len(targets))
+        wait_group(workers, len(targets))
         env = {**env, "group": group}
         sustained = _phase(f"{name}s", env, count=args.notifications, rate=0, args=args)
         half_rate = sustained["sustained_per_s"] / 2
