@@ -7,7 +7,11 @@
    a low rate for the latency floor; late sends are counted.
 CPU of every process in each window and the ingress's peak RSS are recorded beside.
 
-    .venv/bin/python -m benchmarks.ingress [--connections 64] [--duration 10] [--profile]
+With `--processes N` the ingress runs as `paynotify ingress --processes N` (N children on one
+port); its CPU and RSS are then the children's, summed (CPU) or each (RSS).
+
+    .venv/bin/python -m benchmarks.ingress [--connections 64] [--duration 10] [--processes 1]
+                                           [--profile]
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 if not __package__:  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -38,11 +43,43 @@ from benchmarks.common import (
 from benchmarks.loadgen import run_wrk, write_bodies
 from devtools.stack.pipeline import Pipeline, ServiceProcess, wait_for_http
 
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
 WARMUP = 2.0  # seconds of load before each measured window (connections, JIT-free warm caches)
 
 
+def _cores(usage: dict[str, float | None], name: str) -> float | None:
+    """A server's cores: its process's, or with --processes the sum of its children's."""
+    mine = [
+        v for k, v in usage.items() if (k == name or k.startswith(f"{name}-")) and v is not None
+    ]
+    return round(sum(mine), 3) if mine else None
+
+
+def _children(pid: int, count: int, deadline: float = 30.0) -> list[int]:
+    """The `count` child processes of `pid` (an ingress started with --processes)."""
+    end = time.monotonic() + deadline
+    found: list[int] = []
+    while time.monotonic() < end:
+        found = [
+            int(child)
+            for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()
+        ]
+        if len(found) >= count:
+            return found
+        time.sleep(0.1)
+    raise TimeoutError(f"the ingress started {len(found)} of {count} processes")
+
+
 def _peak(
-    name: str, url: str, bodies: Path, pid: int, cpu: CpuMonitor, args: argparse.Namespace
+    name: str,
+    url: str,
+    bodies: Path,
+    pids: list[int],
+    cpu: CpuMonitor,
+    args: argparse.Namespace,
 ) -> dict[str, object]:
     run_wrk(url, bodies, connections=args.connections, duration=WARMUP)
     start = time.time()
@@ -54,11 +91,17 @@ def _peak(
         "case": name,
         "connections": args.connections,
         **result.row(),
-        "server_cpu_cores": usage.get(name),
+        "server_cpu_cores": _cores(usage, name),
         "kafka_cpu_cores": usage.get("kafka"),
         "others_cpu_cores": usage.get("others"),
-        **{f"server_{k}": v for k, v in memory_mb(pid).items()},
-    }
+        **{f"server_{k}": _largest(memory_mb(pid)[k] for pid in pids)
+           for k in ("rss_mb", "peak_rss_mb")},
+    }  # fmt: skip
+
+
+def _largest(values: Iterable[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return max(known) if known else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--half-duration", type=float, default=15.0)
     parser.add_argument("--low-rate", type=float, default=200.0, help="for the latency floor")
     parser.add_argument("--bodies", type=int, default=20_000, help="distinct signed bodies")
+    parser.add_argument("--processes", type=int, default=1, help="paynotify ingress --processes")
     parser.add_argument("--profile", action="store_true", help="also profile the ingress")
     args = parser.parse_args(argv)
 
@@ -93,18 +137,27 @@ def main(argv: list[str] | None = None) -> int:
                 wait_for_http(f"http://127.0.0.1:{port}/healthz", process=bare)
                 cpu.watch("bare", bare.pid)
                 rows.append(
-                    _peak("bare", f"http://127.0.0.1:{port}/notify", bodies_file, bare.pid or 0,
+                    _peak("bare", f"http://127.0.0.1:{port}/notify", bodies_file, [bare.pid or 0],
                           cpu, args)
                 )  # fmt: skip
             finally:
                 bare.stop()
             # 1b. The real ingress.
             pipeline.ensure_topics()
-            ingress = pipeline.start_ingress()
+            ingress = pipeline.start_ingress(args.processes)
             cpu.watch("ingress", ingress.pid)
-            rows.append(_peak("ingress", pipeline.notify_url, bodies_file, ingress.pid or 0, cpu,
+            servers = [ingress.pid or 0]
+            if args.processes > 1:
+                servers = _children(ingress.pid or 0, args.processes)
+                for i, child in enumerate(servers):
+                    cpu.watch(f"ingress-{i}", child)
+            rows.append(_peak("ingress", pipeline.notify_url, bodies_file, servers, cpu,
                               args))  # fmt: skip
-            ingress_rss = memory_mb(ingress.pid)
+            ingress_rss = (
+                memory_mb(servers[0])
+                if len(servers) == 1
+                else {f"process-{i}": memory_mb(pid) for i, pid in enumerate(servers)}
+            )
             # 2. Half the ingress's peak rate, paced (wrk2-style: each request has its slot),
             # and a low rate for the latency floor (linger, broker ack, HTTP).
             half_rate = rows[1]["rate_per_s"] / 2  # type: ignore[operator]
@@ -115,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             half = paced_rows[0]
             profile = None
             if args.profile:
-                profile = _profile(pipeline.notify_url, bodies_file, ingress.pid or 0, args, tmp)
+                profile = _profile(pipeline.notify_url, bodies_file, servers[0], args, tmp)
         finally:
             pipeline.stop_all()
 
@@ -142,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "ingress",
         {
             "services": svc.origin,
+            "ingress_processes": args.processes,
             "peak": rows,
             "ingress_over_bare": ratio,
             "half_peak": half,
@@ -171,7 +225,7 @@ def _paced(
         "rate_asked_per_s": round(rate, 1),
         **paced.row(),
         "late_sends": paced.late,
-        "ingress_cpu_cores": usage.get("ingress"),
+        "ingress_cpu_cores": _cores(usage, "ingress"),
         "kafka_cpu_cores": usage.get("kafka"),
         "others_cpu_cores": usage.get("others"),
     }

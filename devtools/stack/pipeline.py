@@ -153,8 +153,12 @@ class Pipeline:
         wait_for_http(f"{self.sandbox_url}/_sandbox/health", process=process)
         return process
 
-    def start_ingress(self) -> ServiceProcess:
-        process = self._spawn("ingress", ["-m", "ingress", "--port", str(self.ingress_port)])
+    def start_ingress(self, processes: int = 1) -> ServiceProcess:
+        """The ingress on `ingress_port`; `processes` > 1: `--processes N` on that one port."""
+        argv = ["-m", "ingress", "--port", str(self.ingress_port)]
+        if processes > 1:
+            argv += ["--processes", str(processes)]
+        process = self._spawn("ingress", argv)
         self.metrics["ingress"] = f"{self.ingress_url}/metrics"
         wait_for_http(f"{self.ingress_url}/readyz", process=process)
         return process
