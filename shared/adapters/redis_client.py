@@ -1,6 +1,7 @@
 """The one way processes open Redis: a pool sized to the work, where a caller waits for a free
 connection instead of failing (redis-py's default pool raises once 100 are busy, which a worker
-with 256 messages in flight reaches at once).
+with 256 messages in flight reaches at once). The wait is a semaphore in front of redis-py's
+plain pool (`GatedConnectionPool`): a free connection costs no timer, only a wait does.
 
 `REDIS_URL` names one Redis (`redis://`, `rediss://`, `unix://`) or a Redis Cluster:
 `redis+cluster://[user:password@]host:port[,host:port...]` (`rediss+cluster://` with TLS). The
@@ -13,12 +14,15 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote, urlsplit
 
 from redis import exceptions
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+if TYPE_CHECKING:
+    from redis.asyncio.connection import AbstractConnection
 
 # Seconds a caller may wait for a connection before that counts as Redis being unavailable.
 POOL_TIMEOUT = 30.0
@@ -74,7 +78,7 @@ def connect_redis(url: str, *, max_connections: int) -> Redis:
     batching differs)."""
     if is_cluster_url(url):
         return cast("Redis", _connect_cluster(parse_cluster_url(url), max_connections))
-    pool = BlockingConnectionPool.from_url(
+    pool = GatedConnectionPool.from_url(
         url,
         max_connections=max_connections,
         timeout=POOL_TIMEOUT,
@@ -83,6 +87,53 @@ def connect_redis(url: str, *, max_connections: int) -> Redis:
     )
     # from_pool: closing the client closes this pool too.
     return Redis.from_pool(pool)
+
+
+class GatedConnectionPool(ConnectionPool):
+    """redis-py's plain pool behind a gate of `max_connections` turns. A caller takes a turn
+    before a connection and gives it back with the connection, so the plain pool never has more
+    than `max_connections` in use and never raises MaxConnectionsError; with every turn taken, a
+    caller waits (first come, first served) up to `timeout` seconds, then gets a ConnectionError
+    (an outage, as from redis-py's BlockingConnectionPool, which this replaces: that one runs a
+    timer and a condition for every checkout, this one only when a caller has to wait). Every
+    connection keeps the pool's `socket_timeout`. redis-py's own connection-count metrics
+    (its observability module, which paynotify does not configure) are not recorded."""
+
+    def __init__(
+        self, *, max_connections: int = 50, timeout: float = POOL_TIMEOUT, **kwargs: Any
+    ) -> None:
+        super().__init__(max_connections=max_connections, **kwargs)
+        self.timeout = timeout
+        self._gate = asyncio.Semaphore(max_connections)
+
+    async def get_connection(self, *_args: Any, **_options: Any) -> AbstractConnection:
+        gate = self._gate
+        if gate.locked():
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await gate.acquire()
+            except TimeoutError:
+                raise exceptions.ConnectionError("No connection available.") from None
+        else:
+            await gate.acquire()  # a free turn: returns at once
+        try:
+            async with self._lock:
+                connection: AbstractConnection = self.get_available_connection()  # type: ignore[no-untyped-call]
+        except BaseException:
+            gate.release()
+            raise
+        try:
+            await self.ensure_connection(connection)
+        except BaseException:
+            await self.release(connection)  # gives the turn back
+            raise
+        return connection
+
+    async def release(self, connection: AbstractConnection) -> None:
+        try:
+            await super().release(connection)
+        finally:
+            self._gate.release()
 
 
 class GatedRedisCluster(RedisCluster):

@@ -18,9 +18,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from redis import exceptions
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 
-from shared.adapters.redis_client import POOL_TIMEOUT, is_cluster
+from shared.adapters.redis_client import POOL_TIMEOUT, GatedConnectionPool, is_cluster
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -95,7 +95,7 @@ class ReplicatedWrites:
             raise exceptions.SlotNotCoveredError(f"no node serves the slot of {key!r}")
         client = self._nodes.get(node.name)
         if client is None:
-            pool = BlockingConnectionPool(
+            pool = GatedConnectionPool(
                 connection_class=node.connection_class,
                 max_connections=NODE_CONNECTIONS,
                 timeout=POOL_TIMEOUT,
