@@ -20,8 +20,11 @@ from urllib.parse import unquote, urlsplit
 from redis import exceptions
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import Connection
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from redis.asyncio.connection import AbstractConnection
 
 # Seconds a caller may wait for a connection before that counts as Redis being unavailable.
@@ -102,6 +105,8 @@ class GatedConnectionPool(ConnectionPool):
     def __init__(
         self, *, max_connections: int = 50, timeout: float = POOL_TIMEOUT, **kwargs: Any
     ) -> None:
+        if kwargs.get("connection_class", Connection) is Connection:
+            kwargs["connection_class"] = TimedWriteConnection
         super().__init__(max_connections=max_connections, **kwargs)
         self.timeout = timeout
         self._gate = asyncio.Semaphore(max_connections)
@@ -134,6 +139,44 @@ class GatedConnectionPool(ConnectionPool):
             await super().release(connection)
         finally:
             self._gate.release()
+
+
+class TimedWriteConnection(Connection):
+    """redis-py's TCP connection, with the deadline on a command's write (`socket_timeout`)
+    kept by `asyncio.timeout` rather than `asyncio.wait_for`, which on Python 3.11 runs every
+    write as a task of its own. The same outcomes: a write that does not finish in time
+    disconnects and raises redis.exceptions.TimeoutError, a socket error disconnects and raises
+    ConnectionError, anything else (a cancellation) disconnects and propagates."""
+
+    async def send_packed_command(
+        self, command: bytes | str | Iterable[bytes], check_health: bool = True
+    ) -> None:
+        if not self.is_connected:
+            await self.connect_check_health(check_health=False)
+        if check_health:
+            await self.check_health()  # type: ignore[no-untyped-call]
+        if isinstance(command, str):
+            command = command.encode()
+        chunks = [command] if isinstance(command, bytes) else command
+        writer = self._writer
+        if writer is None:  # closed under the caller (redis-py's own write fails here too)
+            raise exceptions.ConnectionError("Error while writing to socket: connection closed")
+        try:
+            writer.writelines(chunks)
+            if self.socket_timeout:
+                async with asyncio.timeout(self.socket_timeout):
+                    await writer.drain()
+            else:
+                await writer.drain()
+        except TimeoutError:
+            await self.disconnect(nowait=True)
+            raise exceptions.TimeoutError("Timeout writing to socket") from None
+        except OSError as exc:
+            await self.disconnect(nowait=True)
+            raise exceptions.ConnectionError(f"Error while writing to socket: {exc}") from exc
+        except BaseException:
+            await self.disconnect(nowait=True)
+            raise
 
 
 class GatedRedisCluster(RedisCluster):
