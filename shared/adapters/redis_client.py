@@ -23,8 +23,9 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
 
+    from redis.asyncio.client import Pipeline
     from redis.asyncio.connection import AbstractConnection
 
 # Seconds a caller may wait for a connection before that counts as Redis being unavailable.
@@ -225,3 +226,34 @@ def _connect_cluster(address: ClusterAddress, max_connections: int) -> RedisClus
 
 def is_cluster(client: object) -> bool:
     return isinstance(client, RedisCluster)
+
+
+class Script:
+    """A Lua script called by EVALSHA straight through the client's `execute_command`, the
+    keys and arguments passed as they are. redis-py's `AsyncScript` (kept inside, for its SHA
+    and for pipelines, where it also loads the script) copies both into tuples and imports its
+    pipeline class on every call. A server that lacks the script (NOSCRIPT: a restart, another
+    server) gets it loaded once, and the call is made again, as with `AsyncScript`."""
+
+    __slots__ = ("_client", "_registered")
+
+    def __init__(self, client: Redis, text: str) -> None:
+        self._client = client
+        self._registered = client.register_script(text)
+
+    @property
+    def sha(self) -> str:
+        return str(self._registered.sha)
+
+    async def __call__(
+        self, keys: Sequence[Any], args: Sequence[Any], client: Redis | Pipeline | None = None
+    ) -> Any:
+        if client is not None and client is not self._client:
+            # A pipeline (which must load the script itself) or another server: redis-py's way.
+            return await self._registered(keys=keys, args=args, client=client)
+        try:
+            return await self._client.execute_command(  # type: ignore[no-untyped-call]
+                "EVALSHA", self._registered.sha, len(keys), *keys, *args
+            )
+        except exceptions.NoScriptError:
+            return await self._registered(keys=keys, args=args)
