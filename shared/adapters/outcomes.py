@@ -33,7 +33,7 @@ from shared.adapters.order_book import (
     pending_index,
     record_key_of,
 )
-from shared.adapters.redis_client import is_cluster
+from shared.adapters.redis_client import Script, is_cluster
 from shared.adapters.replication import ReplicatedWrites
 from shared.adapters.schedules import ShardedSchedule
 from shared.domain.orders import CorruptRecordError
@@ -138,13 +138,13 @@ class OutcomeStore(PublishedNotes):
         self.writes = ReplicatedWrites(redis, replicas=wait_replicas, timeout_ms=wait_timeout_ms)
         self._ttl = outcome_ttl_seconds
         self._lock_ttl_ms = lock_ttl_ms
-        self._begin = redis.register_script(_BEGIN)
-        self._decide = redis.register_script(_DECIDE)
-        self._release = redis.register_script(_RELEASE)
+        self._begin = Script(redis, _BEGIN)
+        self._decide = Script(redis, _DECIDE)
+        self._release = Script(redis, _RELEASE)
         self._pending = pending_index(redis)
         self.retries = ShardedSchedule(redis, redis_keys.retry_keys())
-        self._renew = redis.register_script(_RENEW)
-        self._mark = redis.register_script(_MARK_PUBLISHED)
+        self._renew = Script(redis, _RENEW)
+        self._mark = Script(redis, _MARK_PUBLISHED)
 
     async def begin(
         self, order_key: str, mch_id: str, record_order: str

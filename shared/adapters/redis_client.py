@@ -1,6 +1,7 @@
 """The one way processes open Redis: a pool sized to the work, where a caller waits for a free
 connection instead of failing (redis-py's default pool raises once 100 are busy, which a worker
-with 256 messages in flight reaches at once).
+with 256 messages in flight reaches at once). The wait is a semaphore in front of redis-py's
+plain pool (`GatedConnectionPool`): a free connection costs no timer, only a wait does.
 
 `REDIS_URL` names one Redis (`redis://`, `rediss://`, `unix://`) or a Redis Cluster:
 `redis+cluster://[user:password@]host:port[,host:port...]` (`rediss+cluster://` with TLS). The
@@ -13,12 +14,19 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote, urlsplit
 
 from redis import exceptions
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import Connection
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from redis.asyncio.client import Pipeline
+    from redis.asyncio.connection import AbstractConnection
 
 # Seconds a caller may wait for a connection before that counts as Redis being unavailable.
 POOL_TIMEOUT = 30.0
@@ -74,7 +82,7 @@ def connect_redis(url: str, *, max_connections: int) -> Redis:
     batching differs)."""
     if is_cluster_url(url):
         return cast("Redis", _connect_cluster(parse_cluster_url(url), max_connections))
-    pool = BlockingConnectionPool.from_url(
+    pool = GatedConnectionPool.from_url(
         url,
         max_connections=max_connections,
         timeout=POOL_TIMEOUT,
@@ -83,6 +91,93 @@ def connect_redis(url: str, *, max_connections: int) -> Redis:
     )
     # from_pool: closing the client closes this pool too.
     return Redis.from_pool(pool)
+
+
+class GatedConnectionPool(ConnectionPool):
+    """redis-py's plain pool behind a gate of `max_connections` turns. A caller takes a turn
+    before a connection and gives it back with the connection, so the plain pool never has more
+    than `max_connections` in use and never raises MaxConnectionsError; with every turn taken, a
+    caller waits (first come, first served) up to `timeout` seconds, then gets a ConnectionError
+    (an outage, as from redis-py's BlockingConnectionPool, which this replaces: that one runs a
+    timer and a condition for every checkout, this one only when a caller has to wait). Every
+    connection keeps the pool's `socket_timeout`. redis-py's own connection-count metrics
+    (its observability module, which paynotify does not configure) are not recorded."""
+
+    def __init__(
+        self, *, max_connections: int = 50, timeout: float = POOL_TIMEOUT, **kwargs: Any
+    ) -> None:
+        if kwargs.get("connection_class", Connection) is Connection:
+            kwargs["connection_class"] = TimedWriteConnection
+        super().__init__(max_connections=max_connections, **kwargs)
+        self.timeout = timeout
+        self._gate = asyncio.Semaphore(max_connections)
+
+    async def get_connection(self, *_args: Any, **_options: Any) -> AbstractConnection:
+        gate = self._gate
+        if gate.locked():
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await gate.acquire()
+            except TimeoutError:
+                raise exceptions.ConnectionError("No connection available.") from None
+        else:
+            await gate.acquire()  # a free turn: returns at once
+        try:
+            async with self._lock:
+                connection: AbstractConnection = self.get_available_connection()  # type: ignore[no-untyped-call]
+        except BaseException:
+            gate.release()
+            raise
+        try:
+            await self.ensure_connection(connection)
+        except BaseException:
+            await self.release(connection)  # gives the turn back
+            raise
+        return connection
+
+    async def release(self, connection: AbstractConnection) -> None:
+        try:
+            await super().release(connection)
+        finally:
+            self._gate.release()
+
+
+class TimedWriteConnection(Connection):
+    """redis-py's TCP connection, with the deadline on a command's write (`socket_timeout`)
+    kept by `asyncio.timeout` rather than `asyncio.wait_for`, which on Python 3.11 runs every
+    write as a task of its own. The same outcomes: a write that does not finish in time
+    disconnects and raises redis.exceptions.TimeoutError, a socket error disconnects and raises
+    ConnectionError, anything else (a cancellation) disconnects and propagates."""
+
+    async def send_packed_command(
+        self, command: bytes | str | Iterable[bytes], check_health: bool = True
+    ) -> None:
+        if not self.is_connected:
+            await self.connect_check_health(check_health=False)
+        if check_health:
+            await self.check_health()  # type: ignore[no-untyped-call]
+        if isinstance(command, str):
+            command = command.encode()
+        chunks = [command] if isinstance(command, bytes) else command
+        writer = self._writer
+        if writer is None:  # closed under the caller (redis-py's own write fails here too)
+            raise exceptions.ConnectionError("Error while writing to socket: connection closed")
+        try:
+            writer.writelines(chunks)
+            if self.socket_timeout:
+                async with asyncio.timeout(self.socket_timeout):
+                    await writer.drain()
+            else:
+                await writer.drain()
+        except TimeoutError:
+            await self.disconnect(nowait=True)
+            raise exceptions.TimeoutError("Timeout writing to socket") from None
+        except OSError as exc:
+            await self.disconnect(nowait=True)
+            raise exceptions.ConnectionError(f"Error while writing to socket: {exc}") from exc
+        except BaseException:
+            await self.disconnect(nowait=True)
+            raise
 
 
 class GatedRedisCluster(RedisCluster):
@@ -131,3 +226,34 @@ def _connect_cluster(address: ClusterAddress, max_connections: int) -> RedisClus
 
 def is_cluster(client: object) -> bool:
     return isinstance(client, RedisCluster)
+
+
+class Script:
+    """A Lua script called by EVALSHA straight through the client's `execute_command`, the
+    keys and arguments passed as they are. redis-py's `AsyncScript` (kept inside, for its SHA
+    and for pipelines, where it also loads the script) copies both into tuples and imports its
+    pipeline class on every call. A server that lacks the script (NOSCRIPT: a restart, another
+    server) gets it loaded once, and the call is made again, as with `AsyncScript`."""
+
+    __slots__ = ("_client", "_registered")
+
+    def __init__(self, client: Redis, text: str) -> None:
+        self._client = client
+        self._registered = client.register_script(text)
+
+    @property
+    def sha(self) -> str:
+        return str(self._registered.sha)
+
+    async def __call__(
+        self, keys: Sequence[Any], args: Sequence[Any], client: Redis | Pipeline | None = None
+    ) -> Any:
+        if client is not None and client is not self._client:
+            # A pipeline (which must load the script itself) or another server: redis-py's way.
+            return await self._registered(keys=keys, args=args, client=client)
+        try:
+            return await self._client.execute_command(  # type: ignore[no-untyped-call]
+                "EVALSHA", self._registered.sha, len(keys), *keys, *args
+            )
+        except exceptions.NoScriptError:
+            return await self._registered(keys=keys, args=args)

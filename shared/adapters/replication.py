@@ -18,15 +18,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from redis import exceptions
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 
-from shared.adapters.redis_client import POOL_TIMEOUT, is_cluster
+from shared.adapters.redis_client import POOL_TIMEOUT, GatedConnectionPool, Script, is_cluster
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from redis.asyncio.cluster import RedisCluster
-    from redis.commands.core import AsyncScript
 
 # Connections per cluster node for waited writes (a waited write holds one for WAIT's timeout).
 NODE_CONNECTIONS = 64
@@ -53,11 +52,11 @@ class ReplicatedWrites:
         self.replicas = replicas
         self.timeout_ms = timeout_ms
         self._nodes: dict[str, Redis] = {}
-        self._touch = redis.register_script(_TOUCH)
+        self._touch = Script(redis, _TOUCH)
         # Readiness: the last waited write's answer (None: none yet).
         self.last_shortfall: str | None = None
 
-    async def run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def run(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """The script's answer, once `replicas` acknowledged it; else `NotReplicatedError`."""
         if self.replicas == 0:
             return await script(keys=keys, args=args)
@@ -95,7 +94,7 @@ class ReplicatedWrites:
             raise exceptions.SlotNotCoveredError(f"no node serves the slot of {key!r}")
         client = self._nodes.get(node.name)
         if client is None:
-            pool = BlockingConnectionPool(
+            pool = GatedConnectionPool(
                 connection_class=node.connection_class,
                 max_connections=NODE_CONNECTIONS,
                 timeout=POOL_TIMEOUT,
