@@ -168,8 +168,13 @@ class Ingress:
         if length is not None and length > self.max_body:
             return _BODY_TOO_LARGE  # refused before reading a byte of it
         try:
-            async with asyncio.timeout(self.body_timeout):
+            if request.content.is_eof():
+                # The whole body is buffered already (a small notification arrives with its
+                # headers): reading it cannot wait, so it needs no timer.
                 body = await request.read()
+            else:
+                async with asyncio.timeout(self.body_timeout):
+                    body = await request.read()
         except web.HTTPRequestEntityTooLarge:  # no Content-Length: chunked past the limit
             return _BODY_TOO_LARGE
         except TimeoutError:  # a client trickling its body would hold the connection for hours

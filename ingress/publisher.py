@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka.errors import KafkaError
 
+from ingress.deadline import Deadline
 from ingress.refusals import Reason
 from shared.protocol.payment import order_fields
 from shared.trace import HEADER
@@ -64,14 +65,21 @@ class Publisher:
         counters = self._counters
         counters.in_flight += 1
         began = time.perf_counter()
+        deadline = Deadline(self._ack_timeout)
         try:
-            async with asyncio.timeout(self._ack_timeout):
+            try:
                 # Cancelling `send` itself (waiting for metadata or buffer room) drops the
                 # message; once it returns, the message is queued and can only be waited for.
                 delivery = await self._producer.send(
                     self._callbacks, envelope, key=key, headers=[(HEADER, trace.encode())]
                 )
-                await asyncio.shield(delivery)
+                await deadline.delivered(delivery)
+            except asyncio.CancelledError:
+                if deadline.expired_send():
+                    raise TimeoutError from None
+                raise
+            finally:
+                deadline.close()
         except TimeoutError:
             if delivery is not None:
                 delivery.add_done_callback(

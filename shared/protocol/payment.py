@@ -86,17 +86,19 @@ def parse_payment_report(fields: Mapping[str, str], pay_types: Container[int]) -
         raise FieldError("service", "is not a known pay type")
     status = parse_int("status", fields["status"], minimum=1, maximum=2)
 
-    def optional(name: str) -> str | None:
-        value = fields.get(name, "")
-        return value or None
-
-    success_at = optional("success_at")
-    origin_order = optional("origin_order")
-    call = optional("call")
-    extra = tuple(
-        (name, check_text(name, value, required=False, signed=True))
-        for name, value in sorted(fields.items())
-        if name not in KNOWN_FIELDS
+    # An empty optional field counts as absent.
+    success_at = fields.get("success_at") or None
+    origin_order = fields.get("origin_order") or None
+    call = fields.get("call") or None
+    # Notifications rarely carry fields the document does not name: skip the sort then.
+    extra = (
+        ()
+        if fields.keys() <= KNOWN_FIELDS
+        else tuple(
+            (name, check_text(name, value, required=False, signed=True))
+            for name, value in sorted(fields.items())
+            if name not in KNOWN_FIELDS
+        )
     )
     return PaymentReport(
         mch_id=check_text("mch_id", fields["mch_id"], max_length=32, signed=True),
