@@ -15,7 +15,8 @@ from typing import Any
 
 
 class Deadline:
-    """Use inside a task: `deadline = Deadline(seconds)`, `await` the send under `guard`, then
+    """Use inside a task: `deadline = Deadline(seconds)`, `await` the send (an expiry cancels
+    the task: `expired_send()` in an `except CancelledError` tells it from another cancel), then
     `await deadline.delivered(future)`; `close()` in a `finally`."""
 
     __slots__ = ("_cancelled_task", "_cancelling", "_task", "_timer", "_waiter")

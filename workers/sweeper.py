@@ -53,7 +53,9 @@ _MARK_EVERY = 1.0  # seconds between sweep marks, at least
 
 @dataclass(frozen=True, slots=True)
 class SweeperLimits:
-    rate: float  # queries started per second, at most (PAYNOTIFY_SWEEP_RATE)
+    """The loop's limits; the query rate (PAYNOTIFY_SWEEP_RATE) is the use case's own pacing
+    (`SweepOrder`'s `rate`)."""
+
     concurrency: int  # queries in flight, at most (PAYNOTIFY_SWEEP_CONCURRENCY)
     lease_ttl: float = 10.0  # seconds; a dead leader's lease frees itself after this
     claim_hold: float = 120.0  # seconds a claimed order is hidden from other claims
@@ -64,8 +66,8 @@ class SweeperLimits:
     grace: float = 10.0
 
     def __post_init__(self) -> None:
-        if not self.rate > 0 or self.concurrency < 1:
-            raise ValueError("the sweep rate must be positive and the concurrency at least 1")
+        if self.concurrency < 1:
+            raise ValueError("the sweep concurrency must be at least 1")
         if not 0 < self.lease_ttl < self.claim_hold:
             raise ValueError("need 0 < lease_ttl < claim_hold")
         if not (self.poll > 0 and self.grace > 0):

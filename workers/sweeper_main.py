@@ -52,7 +52,6 @@ def sweeper_limits(settings: Settings) -> SweeperLimits:
     poll = min(1.0, max(0.02, settings.scaled(90.0) / 20))
     hold = max(CLAIM_HOLD, 4 * settings.platform_timeout)
     return SweeperLimits(
-        rate=settings.sweep_rate,
         concurrency=settings.sweep_concurrency,
         lease_ttl=LEASE_TTL,
         claim_hold=hold,

@@ -15,6 +15,7 @@ it claims while it holds the lease).
 
 from __future__ import annotations
 
+import math
 import random
 import uuid
 from collections import Counter
@@ -67,6 +68,8 @@ class Pacer:
     """Spaces query starts `1/rate` seconds apart on the given clock."""
 
     def __init__(self, clock: Clock, rate: float) -> None:
+        if not (math.isfinite(rate) and rate > 0):  # said at start-up, not at the first query
+            raise ValueError("the sweep rate must be a positive finite number")
         self._clock = clock
         self._rate = rate
         self._last: float | None = None

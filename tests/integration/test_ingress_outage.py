@@ -161,14 +161,14 @@ def _parked_sweeper(redis: Redis, producer: AIOKafkaProducer, names: Topics) -> 
     """A sweeper with nothing to query: only the parked notifications to publish."""
     clock = SystemClock()
     schedule = SweepSchedule.scaled(time_scale=0.001, order_expiry=60.0)
-    limits = SweeperLimits(rate=100.0, concurrency=2, lease_ttl=1.0, claim_hold=5.0, poll=0.05)
+    limits = SweeperLimits(concurrency=2, lease_ttl=1.0, claim_hold=5.0, poll=0.05)
     orders = SweepOrder(
         OrderBook(redis, clock, schedule=schedule),
         NoQueries(),
         producer,
         clock=clock,
         schedule=schedule,
-        rate=limits.rate,
+        rate=100.0,
         callbacks_topic=names.callbacks,
         events_topic=names.events,
         dlq_topic=names.dlq,

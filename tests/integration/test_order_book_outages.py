@@ -133,7 +133,7 @@ async def test_the_sweeper_waits_out_a_redis_restart_and_finishes_its_work(
     )  # fmt: skip
     sweeper = Sweeper(
         orders, Locks(redis),
-        limits=SweeperLimits(rate=40.0, concurrency=4, lease_ttl=1.0, claim_hold=60.0, poll=0.02),
+        limits=SweeperLimits(concurrency=4, lease_ttl=1.0, claim_hold=60.0, poll=0.02),
     )  # fmt: skip
     task = asyncio.create_task(sweeper.run())
 

@@ -144,7 +144,7 @@ def _sweeper(
         name=name,
     )
     limits = SweeperLimits(
-        rate=rate, concurrency=concurrency, lease_ttl=lease_ttl, claim_hold=claim_hold, poll=0.02
+        concurrency=concurrency, lease_ttl=lease_ttl, claim_hold=claim_hold, poll=0.02
     )
     return Sweeper(orders, Locks(redis), limits=limits)
 

@@ -176,7 +176,7 @@ async def test_a_flood_of_hopeless_orders_does_not_delay_the_paid_ones(
     )  # fmt: skip
     sweeper = Sweeper(
         sweep, Locks(redis),
-        limits=SweeperLimits(rate=RATE, concurrency=8, lease_ttl=2.0, claim_hold=30.0, poll=0.02),
+        limits=SweeperLimits(concurrency=8, lease_ttl=2.0, claim_hold=30.0, poll=0.02),
     )  # fmt: skip
     tasks = [asyncio.create_task(recorder.run()), asyncio.create_task(sweeper.run())]
     started = time.monotonic()

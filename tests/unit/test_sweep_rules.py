@@ -51,7 +51,7 @@ class World:
         )  # fmt: skip
         self.sweeper = Sweeper(
             orders, self.locks,
-            limits=SweeperLimits(rate=1000.0, concurrency=8, lease_ttl=1.0, claim_hold=5.0,
+            limits=SweeperLimits(concurrency=8, lease_ttl=1.0, claim_hold=5.0,
                                  poll=0.02),
         )  # fmt: skip
 
@@ -167,3 +167,14 @@ async def test_no_order_is_swept_while_another_instance_holds_the_lease() -> Non
     await world.sweeper.stop()
     async with asyncio.timeout(10):
         await task
+
+
+@pytest.mark.parametrize("rate", [0.0, -1.0, float("inf"), float("nan")])
+def test_a_sweep_rate_that_is_not_positive_and_finite_is_refused_at_start_up(rate: float) -> None:
+    """The query rate is the use case's own pacing: refused when it is built, not at the first
+    query (it used to be checked by the loop's SweeperLimits, which no longer carries it)."""
+    with pytest.raises(ValueError, match="sweep rate"):
+        SweepOrder(
+            MemoryOrderBook(SystemClock()), ScriptedPlatform(), CapturingProducer(),
+            clock=SystemClock(), schedule=SCHEDULE, rate=rate,
+        )  # fmt: skip

@@ -50,11 +50,11 @@ class Parked:
 
 
 def sweeper(producer: Producer) -> Sweeper:
-    limits = SweeperLimits(rate=10.0, concurrency=1)
+    limits = SweeperLimits(concurrency=1)
     schedule = SweepSchedule.scaled(time_scale=1.0, order_expiry=60.0)
     orders = SweepOrder(
         None, None, producer,  # type: ignore[arg-type]  # not used to release
-        clock=ManualClock(), schedule=schedule, rate=limits.rate,
+        clock=ManualClock(), schedule=schedule, rate=10.0,
         callbacks_topic="callbacks", dlq_topic="dlq",
     )  # fmt: skip
     return Sweeper(orders, None, limits=limits)  # type: ignore[arg-type]  # no lease here
