@@ -5,16 +5,15 @@ are read back in the order they were published."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from shared.adapters.kafka import TopicSink, start_producer
 from shared.settings import Settings
 from tests.support.fakes import CapturingProducer, CapturingSink
+from tests.support.pipeline_checks import read_records
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -72,19 +71,7 @@ async def backend(
     real = await start_producer(Settings(kafka_bootstrap_servers=bootstrap))
 
     async def read_kafka(name: str, count: int) -> list[tuple[str, bytes]]:
-        consumer = AIOKafkaConsumer(
-            name, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
-        )
-        await consumer.start()
-        try:
-            got: list[tuple[str, bytes]] = []
-            async with asyncio.timeout(20):
-                while len(got) < count:
-                    batch = await consumer.getmany(timeout_ms=200)
-                    got += [(r.key.decode(), r.value) for rs in batch.values() for r in rs]
-            return got
-        finally:
-            await consumer.stop()
+        return [(r.key.decode(), r.value) for r in await read_records(bootstrap, name, count)]
 
     try:
         yield Backend(real, lambda name: TopicSink(real, name), fresh_topic, read_kafka)

@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 import orjson
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
 from shared import topics
 
@@ -72,18 +72,23 @@ def one_outcome_each(events: dict[str, list[dict[str, Any]]]) -> dict[str, str]:
     return outcomes
 
 
-async def read_json(bootstrap: str, topic: str, count: int) -> list[dict[str, Any]]:
-    """The first `count` messages of `topic` (JSON values), from the beginning; 20 s at most."""
+async def read_records(bootstrap: str, topic: str, count: int) -> list[ConsumerRecord[Any, Any]]:
+    """The first `count` records of `topic` (at least), from the beginning; 20 s at most."""
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
     )
     await consumer.start()
     try:
-        got: list[dict[str, Any]] = []
+        got: list[ConsumerRecord[Any, Any]] = []
         async with asyncio.timeout(20):
             while len(got) < count:
-                batch = await consumer.getmany(timeout_ms=500)
-                got.extend(orjson.loads(r.value) for rs in batch.values() for r in rs)
+                batch = await consumer.getmany(timeout_ms=200)
+                got.extend(r for rs in batch.values() for r in rs)
         return got
     finally:
         await consumer.stop()
+
+
+async def read_json(bootstrap: str, topic: str, count: int) -> list[dict[str, Any]]:
+    """The first `count` messages of `topic` (JSON values), from the beginning; 20 s at most."""
+    return [orjson.loads(r.value) for r in await read_records(bootstrap, topic, count)]
