@@ -89,11 +89,18 @@ async def test_a_plain_pool_of_that_size_refuses_instead_of_waiting(single_url: 
         await client.aclose()
 
 
+async def _until_waiting(pool: GatedConnectionPool, callers: int) -> None:
+    """Until `callers` wait at the pool's gate (5 s at most)."""
+    async with asyncio.timeout(5):
+        while len(pool._gate._waiters or ()) < callers:
+            await asyncio.sleep(0.005)
+
+
 async def test_a_caller_waits_for_a_connection_given_back(gated: Redis) -> None:
     pool = _pool(gated)
     held = [await pool.get_connection() for _ in range(CONNECTIONS)]
     waiting = asyncio.create_task(gated.ping())
-    await asyncio.sleep(0.2)
+    await _until_waiting(pool, 1)
     assert not waiting.done()  # no error: it waits
     await pool.release(held.pop())
     assert await asyncio.wait_for(waiting, 5) is True
@@ -131,7 +138,7 @@ async def test_a_cancelled_waiter_takes_no_turn(gated: Redis) -> None:
     pool = _pool(gated)
     held = [await pool.get_connection() for _ in range(CONNECTIONS)]
     waiters = [asyncio.create_task(gated.ping()) for _ in range(3)]
-    await asyncio.sleep(0.1)
+    await _until_waiting(pool, 3)  # cancelled while waiting, not before they got there
     for task in waiters:
         task.cancel()
     await asyncio.gather(*waiters, return_exceptions=True)
