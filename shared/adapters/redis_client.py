@@ -145,9 +145,10 @@ class GatedConnectionPool(ConnectionPool):
 class TimedWriteConnection(Connection):
     """redis-py's TCP connection, with the deadline on a command's write (`socket_timeout`)
     kept by `asyncio.timeout` rather than `asyncio.wait_for`, which on Python 3.11 runs every
-    write as a task of its own. The same outcomes: a write that does not finish in time
-    disconnects and raises redis.exceptions.TimeoutError, a socket error disconnects and raises
-    ConnectionError, anything else (a cancellation) disconnects and propagates."""
+    write as a task of its own, and armed only when the write left bytes buffered. The same
+    outcomes: a write that does not finish in time disconnects and raises
+    redis.exceptions.TimeoutError, a socket error disconnects and raises ConnectionError,
+    anything else (a cancellation) disconnects and propagates."""
 
     async def send_packed_command(
         self, command: bytes | str | Iterable[bytes], check_health: bool = True
@@ -164,7 +165,9 @@ class TimedWriteConnection(Connection):
             raise exceptions.ConnectionError("Error while writing to socket: connection closed")
         try:
             writer.writelines(chunks)
-            if self.socket_timeout:
+            # A write the socket took whole leaves nothing buffered, and then drain cannot wait:
+            # the timer is armed only when it could (most commands are a few hundred bytes).
+            if self.socket_timeout and writer.transport.get_write_buffer_size():
                 async with asyncio.timeout(self.socket_timeout):
                     await writer.drain()
             else:

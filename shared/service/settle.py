@@ -468,19 +468,20 @@ class Reconciler:
     async def _renewing(self, order_key: str, token: str) -> AsyncIterator[None]:
         """Keep the lock alive while the platform takes its time.
 
-        The renewer stops by a flag as well as by cancellation, and is awaited with a bound: a
-        cancel that lands while it sits in a Redis call can be lost (seen after a 10-30 s
-        pause), and an unbounded await then hung the job, renewing its lock for ever.
+        Most answers come long before the first renewal is due, so the renewer is only a timer
+        until then: its task starts when `renew_every` has passed with the query still out
+        (a task, its timers and a bounded wait per query were a measurable share of the
+        worker's CPU: docs/performance.md, section 10). The renewer
+        stops by a flag as well as by cancellation, and is awaited with a bound: a cancel that
+        lands while it sits in a Redis call can be lost (seen after a 10-30 s pause), and an
+        unbounded await then hung the job, renewing its lock for ever.
         """
+        loop = asyncio.get_running_loop()
         done = asyncio.Event()
+        renewer: asyncio.Task[None] | None = None
 
         async def renew() -> None:
             while not done.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.renew_every):
-                        await done.wait()
-                if done.is_set():
-                    return
                 try:
                     async with asyncio.timeout(self.renew_timeout):
                         held = await self.store.renew(order_key, token)
@@ -488,19 +489,28 @@ class Reconciler:
                     self._log.warning(
                         "lock_renew_failed", **order_fields(order_key), error=type(exc).__name__
                     )
-                    continue
-                if not held:
-                    self._log.warning("lock_lost", **order_fields(order_key))
-                    return
+                else:
+                    if not held:
+                        self._log.warning("lock_lost", **order_fields(order_key))
+                        return
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.renew_every):
+                        await done.wait()
 
-        task = asyncio.create_task(renew(), name=f"renew:{order_key}")
+        def start() -> None:
+            nonlocal renewer
+            renewer = loop.create_task(renew(), name=f"renew:{order_key}")
+
+        due = loop.call_later(self.renew_every, start)
         try:
             yield
         finally:
-            done.set()
-            task.cancel()
-            finished, _ = await asyncio.wait({task}, timeout=self.renew_timeout)
-            if not finished:
-                # It stops by the flag at its next step; the job does not wait for it.
-                self.stats["renewer_stuck"] += 1
-                self._log.error("lock_renewer_stuck", **order_fields(order_key))
+            due.cancel()
+            if renewer is not None:
+                done.set()
+                renewer.cancel()
+                finished, _ = await asyncio.wait({renewer}, timeout=self.renew_timeout)
+                if not finished:
+                    # It stops by the flag at its next step; the job does not wait for it.
+                    self.stats["renewer_stuck"] += 1
+                    self._log.error("lock_renewer_stuck", **order_fields(order_key))

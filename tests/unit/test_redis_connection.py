@@ -76,3 +76,38 @@ async def test_a_command_is_sent_as_redis_py_packs_it() -> None:
         await client.aclose()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_write_the_socket_takes_whole_arms_no_timer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The write deadline costs a timer only when the write could wait: a small command the
+    socket takes at once drains with nothing buffered (the worker sends thousands a second)."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while command := await reader.read(4096):  # one small command per read here
+            writer.write(b"+PONG\r\n" if b"PING" in command else b"+OK\r\n")
+            await writer.drain()
+        writer.close()
+
+    armed: list[float | None] = []
+    real_timeout = asyncio.timeout
+
+    def counting_timeout(delay: float | None) -> asyncio.Timeout:
+        armed.append(delay)
+        return real_timeout(delay)
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = _client(port, socket_timeout=2.0)
+    try:
+        await client.ping()  # connected before counting (the handshake is not the write)
+        monkeypatch.setattr(asyncio, "timeout", counting_timeout)
+        assert await client.set("k", "v") is True
+        monkeypatch.undo()
+        assert armed == []
+    finally:
+        monkeypatch.undo()
+        await client.aclose()
+        server.close()
+        await server.wait_closed()

@@ -7,6 +7,7 @@ the fakes pass the adapters' contract suite (tests/contract).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import uuid
 from dataclasses import replace
@@ -286,3 +287,56 @@ async def test_another_workers_lock_defers_the_message_without_deciding() -> Non
     assert world.platform.calls == []
     assert world.events.published == []
     assert len(world.ledger.retries) == 1
+
+
+class _CountingRenewals:
+    """The fake ledger, counting the lock renewals it is asked for."""
+
+    def __init__(self, ledger: MemoryLedger) -> None:
+        self._ledger = ledger
+        self.renewals = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._ledger, name)
+
+    async def renew(self, order_key: str, token: str) -> bool:
+        self.renewals += 1
+        return await self._ledger.renew(order_key, token)
+
+
+class _TimedPlatform(ScriptedPlatform):
+    """Answers after `delay` seconds of loop time, noting the tasks running while it waits."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+        self.tasks_while_waiting: set[asyncio.Task[object]] = set()
+
+    async def query_order(self, mch_id: str, mch_order: str) -> OrderQueryAnswer:
+        await asyncio.sleep(self.delay)
+        self.tasks_while_waiting = asyncio.all_tasks()
+        return await super().query_order(mch_id, mch_order)
+
+
+@pytest.mark.parametrize(
+    ("delay", "renewals"), [(0.0, range(1)), (0.01, range(1)), (0.23, range(3, 5))]
+)
+async def test_the_lock_is_renewed_every_period_while_the_platform_takes_its_time(
+    delay: float, renewals: range
+) -> None:
+    """A query outlasting `renew_every` (50 ms here) renews the lock at each period (at 50,
+    100, 150 and 200 ms for 230 ms: 3 allowed for a slow machine's late timers); an answer
+    inside the first period renews nothing, and no renewer task runs beside the query (the
+    renewer is only a timer until it is due)."""
+    world, order = World(), order_number()
+    world.ledger.put_record(pending_record(MCH, order))
+    counting = _CountingRenewals(world.ledger)
+    platform = _TimedPlatform(delay)
+    platform.answers[order] = report(order)
+    reconciler = replace(world.reconciler, store=counting, platform=platform, renew_every=0.05)
+
+    assert await reconciler.handle(work_for(report(order))) is Settlement.PUBLISHED
+    assert counting.renewals in renewals
+    renewers = [t for t in platform.tasks_while_waiting if t.get_name().startswith("renew:")]
+    assert len(renewers) == (1 if counting.renewals else 0)
+    assert reconciler.stats["renewer_stuck"] == 0
