@@ -10,9 +10,10 @@ exponential backoff and jitter; `Clock` and the random source are injected so te
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, Self, TypeAlias, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import quote_plus
 
 import aiohttp
 from aiohttp.payload import BytesPayload
@@ -351,8 +352,22 @@ class PlatformClient:
 def form_payload(body: Mapping[str, str]) -> BytesPayload:
     """The signed form as the request's body: the bytes and Content-Type aiohttp's `FormData`
     makes of a dict (urlencoded, UTF-8), without building a FormData per request."""
-    encoded = urlencode(list(body.items()), doseq=True, encoding="utf-8").encode()
-    return BytesPayload(encoded, content_type=FORM_CONTENT_TYPE)
+    return BytesPayload(encode_form(body), content_type=FORM_CONTENT_TYPE)
+
+
+def encode_form(body: Mapping[str, str]) -> bytes:
+    """`urlencode(list(body.items()), doseq=True, encoding="utf-8")` as bytes, byte for byte."""
+    return "&".join(f"{_quoted(name)}={_quoted(value)}" for name, value in body.items()).encode()
+
+
+# What `quote_plus` leaves as it is: letters, digits and `_.-~` (most of a signed form's values).
+_UNQUOTED = re.compile(r"[A-Za-z0-9_.~-]*")
+
+
+def _quoted(text: str) -> str:
+    """`quote_plus(text)` as `urlencode(..., doseq=True, encoding="utf-8")` applies it to each
+    name and value, skipping the call for text it would return unchanged."""
+    return text if _UNQUOTED.fullmatch(text) else quote_plus(text, encoding="utf-8")
 
 
 __all__ = [

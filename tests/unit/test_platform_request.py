@@ -8,13 +8,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from urllib.parse import urlencode
 
 import aiohttp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from yarl import URL
 
 from shared.clock import ManualClock
 from shared.merchants import parse_merchants
-from shared.platform.client import ORDER_QUERY_PATH, ClientConfig, PlatformClient, form_payload
+from shared.platform.client import (
+    ORDER_QUERY_PATH,
+    ClientConfig,
+    PlatformClient,
+    encode_form,
+    form_payload,
+)
 from shared.platform.retry import RetryPolicy
 from shared.protocol.errors import PlatformError
 from shared.protocol.models import OrderQueryRequest
@@ -104,3 +113,12 @@ async def test_the_client_sends_the_signed_form_as_aiohttp_would() -> None:
         await server.wait_closed()
     first, second, reference = capture.requests
     assert first == second == reference
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(st.text(max_size=12), st.text(max_size=40), max_size=8))
+def test_form_payload_encodes_any_form_as_urlencode_does(form: dict[str, str]) -> None:
+    """The fast path (text quote_plus would leave as is, not quoted) changes no byte: any
+    names and values, letters, digits, `_.-~`, spaces, reserved and non-ASCII characters."""
+    expected = urlencode(list(form.items()), doseq=True, encoding="utf-8").encode()
+    assert encode_form(form) == expected
