@@ -15,6 +15,7 @@ Pure code: no I/O, no clock.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
 import re
 from dataclasses import dataclass, fields
@@ -482,9 +483,17 @@ def _check_kinds(answer: Answer, names: Iterable[str]) -> None:
     """Fields the document types as string or int may arrive as a JSON string or number, or
     null where empty; true, false, an array or an object there is malformed (true would read
     as "1")."""
-    for name in names:
-        kind = answer.kind_of(name)
-        if kind is not None and kind not in _TEXT_KINDS:
+    wanted = set(names)
+    refused: dict[str, str] = {}  # name -> the JSON type of its first occurrence, if refused
+    kinds = itertools.chain(answer.kinds, itertools.repeat("string"))
+    for (name, _), kind in zip(answer.pairs, kinds, strict=False):  # one pass, not one per name
+        if name in wanted:
+            wanted.discard(name)
+            if kind not in _TEXT_KINDS:
+                refused[name] = kind
+    for name in names:  # the first refused in the caller's order, as a scan per name found it
+        if name in refused:
+            kind = refused[name]
             raise MalformedAnswer(f"the answer's {name} is a JSON {kind}, not a string or number")
 
 
@@ -511,8 +520,9 @@ def verify_answer(
     names = [name for name, _ in answer.pairs]
     if len(names) != len(set(names)):
         raise AnswerSignatureError("duplicate_fields")
-    covered = signature_fields(answer.raw, include_envelope=include_envelope)
-    covered[SIGN_FIELD] = answer.raw.get(SIGN_FIELD, "")
+    raw = answer.raw
+    covered = signature_fields(raw, include_envelope=include_envelope)
+    covered[SIGN_FIELD] = raw.get(SIGN_FIELD, "")
     try:
         return verify(covered, keys)
     except SignatureError as exc:
@@ -641,6 +651,9 @@ class QuickPayConfirmAnswer(ReportAnswer):
     """快捷支付确认下单's answer: shaped like the order query's."""
 
 
+_KNOWN_FIELDS_SORTED = tuple(sorted(KNOWN_FIELDS))
+
+
 def parse_report_answer(
     kind: type[_A],
     answer: Answer,
@@ -653,10 +666,11 @@ def parse_report_answer(
 
     Raises `AnswerSignatureError` or `MalformedAnswer`."""
     key = verify_answer(answer, keys, include_envelope=include_envelope)
-    _check_kinds(answer, sorted(KNOWN_FIELDS))
-    body = {name: value for name, value in answer.raw.items() if name not in ENVELOPE_FIELDS}
+    _check_kinds(answer, _KNOWN_FIELDS_SORTED)
+    raw = answer.raw
+    body = {name: value for name, value in raw.items() if name not in ENVELOPE_FIELDS}
     try:
         report = parse_payment_report(body, pay_types)
     except FieldError as exc:
         raise MalformedAnswer(f"the answer's {exc.field} {exc.rule}") from None
-    return kind(report=report, key_id=key.key_id, raw=answer.raw)
+    return kind(report=report, key_id=key.key_id, raw=raw)

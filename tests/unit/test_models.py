@@ -14,11 +14,13 @@ from shared.protocol.catalog import DOCUMENTED_PAY_TYPES, PayTypeCatalog
 from shared.protocol.errors import AnswerSignatureError, MalformedAnswer
 from shared.protocol.fields import FieldError
 from shared.protocol.models import (
+    Answer,
     CreateOrderRequest,
     OrderQueryAnswer,
     OrderQueryRequest,
     QuickPayConfirmAnswer,
     QuickPayConfirmRequest,
+    _check_kinds,
     decode_answer,
     encode_answer,
     parse_create_order_answer,
@@ -483,3 +485,41 @@ def test_encode_then_decode_keeps_every_member(pairs: list[tuple[str, str | int]
     """Whatever the sandbox encodes, the client decodes to the same members, in order."""
     answer = decode_answer(encode_answer(pairs))
     assert answer.pairs == tuple((name, str(value)) for name, value in pairs)
+
+
+_KINDS = ("string", "number", "null", "true", "false", "array", "object")
+_NAMES = ("amt", "code", "mch_id", "msg", "status", "zz")
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(_NAMES), st.sampled_from(_KINDS)), max_size=10),
+    st.integers(0, 10),
+    st.permutations(_NAMES),
+)
+def test_the_kind_check_refuses_as_a_scan_per_name_would(
+    members: list[tuple[str, str]], known_kinds: int, names: list[str]
+) -> None:
+    """The one-pass kind check refuses exactly what asking `kind_of` for each name in turn
+    refused, with the same message: first occurrences only, a member without a known kind
+    counted a string, and the first refused name in the caller's order."""
+    answer = Answer(
+        code=1,
+        msg="",
+        pairs=tuple((name, "") for name, _ in members),
+        kinds=tuple(kind for _, kind in members)[:known_kinds],
+    )
+    expected = next(
+        (
+            f"the answer's {name} is a JSON {kind}, not a string or number"
+            for name in names
+            if (kind := answer.kind_of(name)) is not None
+            and kind not in {"string", "number", "null"}
+        ),
+        None,
+    )
+    if expected is None:
+        _check_kinds(answer, names)
+    else:
+        with pytest.raises(MalformedAnswer) as refused:
+            _check_kinds(answer, names)
+        assert str(refused.value) == expected
