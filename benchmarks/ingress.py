@@ -1,8 +1,10 @@
 """Ingress benchmark: the real ingress against a bare aiohttp handler, at the same concurrency.
 
 1. Peak: wrk (one thread, `--connections` keep-alive connections) POSTs pre-signed notifications
-   to a bare aiohttp server answering `success`, then to the real ingress (parse, verify the MD5
-   signature, publish with acks=all, answer after the broker's ack). Notifications/s, p50/p99.
+   to a bare aiohttp server answering `success`, to the same server publishing each body to
+   Kafka before answering (`bare+kafka`: the ingress's producer, no parsing or verifying), then
+   to the real ingress (parse, verify the MD5 signature, publish with acks=all, answer after the
+   broker's ack). Notifications/s, p50/p99.
 2. Paced (wrk2-style: request k is due at t0 + k / rate) at half the ingress's peak rate, and at
    a low rate for the latency floor; late sends are counted.
 CPU of every process in each window and the ingress's peak RSS are recorded beside.
@@ -42,6 +44,7 @@ from benchmarks.common import (
 )
 from benchmarks.loadgen import run_wrk, write_bodies
 from devtools.stack.pipeline import Pipeline, ServiceProcess, wait_for_http
+from shared.settings import Settings
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -99,6 +102,29 @@ def _peak(
     }  # fmt: skip
 
 
+def _bare(
+    name: str,
+    extra: list[str],
+    bodies: Path,
+    cpu: CpuMonitor,
+    args: argparse.Namespace,
+    tmp: Path,
+) -> dict[str, object]:
+    """A peak of benchmarks.bare_server (with `extra` arguments), started and stopped here."""
+    port = port_free()
+    server = ServiceProcess(
+        name, ["-m", "benchmarks.bare_server", "--port", str(port), *extra], {},
+        tmp / "logs" / f"{name}.log",
+    ).start()  # fmt: skip
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", process=server)
+        cpu.watch(name, server.pid)
+        return _peak(name, f"http://127.0.0.1:{port}/notify", bodies, [server.pid or 0], cpu,
+                     args)  # fmt: skip
+    finally:
+        server.stop()
+
+
 def _largest(values: Iterable[float | None]) -> float | None:
     known = [v for v in values if v is not None]
     return max(known) if known else None
@@ -127,23 +153,15 @@ def main(argv: list[str] | None = None) -> int:
         pipeline = Pipeline(Path(tmp), pipeline_env(svc, f"bench-ingress-{rid}"))
         rows = []
         try:
-            # 1a. The bare handler.
-            port = port_free()
-            bare = ServiceProcess(
-                "bare", ["-m", "benchmarks.bare_server", "--port", str(port)], {},
-                Path(tmp) / "logs" / "bare.log",
-            ).start()  # fmt: skip
-            try:
-                wait_for_http(f"http://127.0.0.1:{port}/healthz", process=bare)
-                cpu.watch("bare", bare.pid)
-                rows.append(
-                    _peak("bare", f"http://127.0.0.1:{port}/notify", bodies_file, [bare.pid or 0],
-                          cpu, args)
-                )  # fmt: skip
-            finally:
-                bare.stop()
-            # 1b. The real ingress.
+            # 1a. The bare handler; 1b. the same, publishing each body to Kafka first.
             pipeline.ensure_topics()
+            callbacks = Settings.from_env(pipeline.env).topics.callbacks
+            rows.append(_bare("bare", [], bodies_file, cpu, args, Path(tmp)))
+            rows.append(
+                _bare("bare+kafka", ["--kafka", svc.bootstrap, "--topic", callbacks],
+                      bodies_file, cpu, args, Path(tmp))
+            )  # fmt: skip
+            # 1c. The real ingress.
             ingress = pipeline.start_ingress(args.processes)
             cpu.watch("ingress", ingress.pid)
             servers = [ingress.pid or 0]
@@ -160,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             # 2. Half the ingress's peak rate, paced (wrk2-style: each request has its slot),
             # and a low rate for the latency floor (linger, broker ack, HTTP).
-            half_rate = rows[1]["rate_per_s"] / 2  # type: ignore[operator]
+            half_rate = rows[2]["rate_per_s"] / 2  # type: ignore[operator]
             paced_rows = [
                 _paced("half peak", half_rate, pipeline.notify_url, bodies_file, cpu, args),
                 _paced("low rate", args.low_rate, pipeline.notify_url, bodies_file, cpu, args),
@@ -172,7 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             pipeline.stop_all()
 
-    ratio = round(rows[1]["rate_per_s"] / rows[0]["rate_per_s"], 3)  # type: ignore[operator]
+    bare, floor, real = (row["rate_per_s"] for row in rows)
+    ratio = round(real / bare, 3)  # type: ignore[operator]
+    floor_ratio = round(floor / bare, 3)  # type: ignore[operator]
+    over_floor = round(real / floor, 3)  # type: ignore[operator]
     columns = [
         "case", "connections", "requests", "rate_per_s", "errors", "p50_ms", "p99_ms",
         "server_cpu_cores", "kafka_cpu_cores", "generator_cpu_cores", "others_cpu_cores",
@@ -188,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     print(
         f"\ningress / bare = {ratio} (target >= 0.5); ingress RSS {ingress_rss} (target <= 100 MB)"
+        f"\nbare+kafka / bare = {floor_ratio} (the floor aiohttp + aiokafka set); "
+        f"ingress / bare+kafka = {over_floor}"
     )
     if profile is not None:
         profiling.print_summary("ingress at peak", profile)
@@ -198,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
             "ingress_processes": args.processes,
             "peak": rows,
             "ingress_over_bare": ratio,
+            "bare_kafka_over_bare": floor_ratio,
+            "ingress_over_bare_kafka": over_floor,
             "half_peak": half,
             "low_rate": paced_rows[1],
             "ingress_memory_after_peak": ingress_rss,
