@@ -19,6 +19,7 @@ from aiohttp import web
 
 from shared.adapters.kafka import start_producer
 from shared.adapters.renewing_producer import RenewingProducer
+from shared.event_loop import settle_collector
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -77,6 +78,7 @@ def main() -> int:
     parser.add_argument("--kafka", help="bootstrap servers: publish each body before answering")
     parser.add_argument("--topic", help="the topic to publish to (with --kafka)")
     args = parser.parse_args()
+    settle_collector()  # the ingress's collector settings (shared.event_loop.run), for a fair base
     web.run_app(
         build_app(args.kafka, args.topic),
         host=args.host, port=args.port, access_log=None, print=None,

@@ -26,6 +26,7 @@ from devtools.sandbox.routes import (
 )
 from shared import bootstrap
 from shared.clock import SystemClock
+from shared.event_loop import settle_collector
 from shared.logs import configure_logging, get_logger
 from shared.merchants import MerchantsFileError, load_merchants
 from shared.settings import Settings, SettingsError
@@ -99,5 +100,6 @@ def main(args: argparse.Namespace) -> int:
         "sandbox_starting", host=args.host, port=args.port, merchants=len(merchants),
         time_scale=config.time_scale,
     )  # fmt: skip
+    settle_collector()  # as every paynotify process does: its pauses would be the platform's
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
     return 0

@@ -1,17 +1,31 @@
-"""PAYNOTIFY_EVENT_LOOP: `asyncio` by default, `uvloop` when asked, a clear error otherwise."""
+"""PAYNOTIFY_EVENT_LOOP: `asyncio` by default, `uvloop` when asked, a clear error otherwise; and
+the collector settled by every process's `run`."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from shared.event_loop import EventLoopUnavailableError, loop_factory, run
+from shared.event_loop import GEN0_THRESHOLD, EventLoopUnavailableError, loop_factory, run
 from shared.settings import Settings, SettingsError
 
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
 pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(autouse=True)
+def _collector_restored() -> Iterator[None]:
+    """`run` settles this (the test) process's collector: put it back for the other tests."""
+    threshold = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*threshold)
 
 
 def test_the_default_is_asyncio() -> None:
@@ -52,3 +66,18 @@ def test_uvloop_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> Non
 
     with pytest.raises(EventLoopUnavailableError, match=r"paynotify\[fast\]"):
         run(never(), "uvloop")
+
+
+@pytest.mark.parametrize("choice", ["asyncio", "uvloop"])
+def test_run_settles_the_collector_before_the_loop_starts(choice: Any) -> None:
+    """Every process's objects from start-up are frozen out of later collections, and the young
+    generation is collected every GEN0_THRESHOLD allocations; the older generations keep
+    Python's thresholds."""
+    gc.set_threshold(700, 10, 10)
+
+    async def collector() -> tuple[tuple[int, int, int], int]:
+        return gc.get_threshold(), gc.get_freeze_count()
+
+    threshold, frozen = run(collector(), choice)
+    assert threshold == (GEN0_THRESHOLD, 10, 10)
+    assert frozen > 10_000  # this process's modules, classes and functions at least
