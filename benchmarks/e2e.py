@@ -124,7 +124,9 @@ def _phase(
     )  # fmt: skip
     targets = asyncio.run(end_offsets(bootstrap, topics.CALLBACKS))
     settled_all = asyncio.run(wait_settled(bootstrap, env["group"], targets, args.drain_deadline))
-    requests = kafka_requests.per_second(requests_before, kafka_requests.snapshot(env["requests"]))
+    requests_after = kafka_requests.snapshot(env["requests"])
+    requests = kafka_requests.per_second(requests_before, requests_after)
+    pauses = kafka_requests.collector_pauses(requests_before, requests_after)
     key_prefix = f"{merchant().mch_id}:{prefix}"
     events = asyncio.run(read_from(bootstrap, topics.EVENTS, events_start, key_prefix))
     sent = read_sendlog(sendlog)
@@ -166,11 +168,14 @@ def _phase(
         "cpu_cores": usage,
         # What the processes asked of the brokers, from the phase's start until all settled.
         "kafka_requests_per_s": requests,
+        # Each role's garbage-collector pauses over the same span (shared.event_loop).
+        "collector_pauses": pauses,
         "outcomes": event_types(events),
         "unsettled": sorted(set(by_name) - {e.key.split(":", 1)[1] for e in events})[:10],
     }
     log(f"e2e {name}: {row['sustained_per_s']}/s settled, e2e p99 {row['e2e']['p99_ms']} ms")
     log(f"e2e {name}: Kafka requests per second {orjson.dumps(requests).decode()}")
+    log(f"e2e {name}: collector pauses {orjson.dumps(pauses).decode()}")
     return row
 
 

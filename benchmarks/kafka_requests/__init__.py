@@ -1,6 +1,7 @@
-"""Which Kafka requests the benchmarked processes send per second (see sitecustomize.py here):
-`environment(folder)` for the processes, `snapshot(folder)` before and after a window, and
-`per_second(before, after)` by process role and request type."""
+"""Which Kafka requests the benchmarked processes send per second, and how long their garbage
+collectors paused them (see sitecustomize.py here): `environment(folder)` for the processes,
+`snapshot(folder)` before and after a window, `per_second(before, after)` by process role and
+request type, and `collector_pauses(before, after)` by process role."""
 
 from __future__ import annotations
 
@@ -51,3 +52,35 @@ def per_second(
             delta = (count - early["counts"].get(name, 0)) / window
             by_type[name] = round(by_type.get(name, 0.0) + delta, 1)
     return rates
+
+
+def collector_pauses(
+    before: dict[int, dict[str, Any]], after: dict[int, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """The garbage collector's work between two snapshots, by role (the processes of one role
+    summed, the longest pause the longest of any): collections per generation, milliseconds
+    paused in all, the longest pause and how many lasted 50 ms or more."""
+    found: dict[str, dict[str, Any]] = {}
+    for pid, late in after.items():
+        if "collector" not in late:
+            continue
+        early = before.get(pid, {"at": 0.0, "collector": None})
+        start = early["at"]
+        was = early["collector"] or {"collections": [0, 0, 0], "seconds": [0.0, 0.0, 0.0]}
+        now = late["collector"]
+        role = found.setdefault(
+            _role(late["argv"]),
+            {"collections": [0, 0, 0], "paused_ms": 0.0, "longest_ms": 0.0, "over_50ms": 0},
+        )
+        for generation in range(3):
+            role["collections"][generation] += (
+                now["collections"][generation] - was["collections"][generation]
+            )
+            role["paused_ms"] += 1000 * (now["seconds"][generation] - was["seconds"][generation])
+        pauses = [pause for ended, _, pause in now["long"] if start < ended <= late["at"]]
+        role["longest_ms"] = max([role["longest_ms"], *(1000 * p for p in pauses)])
+        role["over_50ms"] += sum(pause >= 0.05 for pause in pauses)
+    for role in found.values():
+        role["paused_ms"] = round(role["paused_ms"], 1)
+        role["longest_ms"] = round(role["longest_ms"], 1)
+    return found
