@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import html
 import json
 from dataclasses import replace
@@ -211,8 +212,16 @@ async def post_orders(request: web.Request) -> web.Response:
     orders = [_new_order(platform, item, platform.config.pay_types, now) for item in items]
     created = [platform.add_order(order) for order in orders]
     if "orders" in data:
+        _keep_out_of_collections()
         return web.json_response({"created": len(created)}, status=201)
     return web.json_response({"order": created[0].to_json()}, status=201)
+
+
+def _keep_out_of_collections() -> None:
+    """A batch of orders lives as long as the sandbox: frozen out of the garbage collector's
+    later passes, which would otherwise scan every order each time (a benchmark's tens of
+    thousands made the sandbox, and so every order query, stand still for 100-400 ms)."""
+    gc.freeze()
 
 
 async def get_order(request: web.Request) -> web.Response:
@@ -227,6 +236,7 @@ async def post_pay(request: web.Request) -> web.Response:
     items = _items(data, "orders")
     paid = [platform.pay(order_key(item), amount_field(item, "amt")) for item in items]
     if "orders" in data:
+        _keep_out_of_collections()
         return web.json_response({"paid": len(paid)})
     return web.json_response({"order": paid[0].to_json()})
 
