@@ -49,9 +49,9 @@ def settle_collector() -> None:
     process's objects) is frozen out of every later collection, and the young generation is
     collected every `GEN0_THRESHOLD` allocations instead of 700, so that the objects of one
     notification in flight (tens of milliseconds) are freed by their reference counts before a
-    collection can promote them. With Python's defaults a worker spent 1.4-1.8 s of CPU per
-    30 s benchmark in the collector, with pauses of 120-210 ms; docs/performance.md, section 10,
-    has the figures. Reference counting still frees everything that is not in a cycle at once;
+    collection can promote them. With Python's defaults a worker of the e2e benchmark spent
+    1.4-2.0 s in the collector per run, with pauses up to 210 ms; docs/performance.md, section
+    10, has the figures. Reference counting still frees everything that is not in a cycle at once;
     cyclic garbage waits for the (rarer) collections.
     """
     gc.collect()

@@ -469,12 +469,11 @@ class Reconciler:
         """Keep the lock alive while the platform takes its time.
 
         Most answers come long before the first renewal is due, so the renewer is only a timer
-        until then: its task starts when `renew_every` has passed with the query still out
-        (a task, its timers and a bounded wait per query were a measurable share of the
-        worker's CPU: docs/performance.md, section 10). The renewer
-        stops by a flag as well as by cancellation, and is awaited with a bound: a cancel that
-        lands while it sits in a Redis call can be lost (seen after a 10-30 s pause), and an
-        unbounded await then hung the job, renewing its lock for ever.
+        until then: its task starts when `renew_every` has passed with the query still out (a
+        task, its timers and a bounded wait for every query cost ~15 µs each: docs/performance.md,
+        section 10). The renewer stops by a flag as well as by cancellation, and is awaited with
+        a bound: a cancel that lands while it sits in a Redis call can be lost (seen after a
+        10-30 s pause), and an unbounded await then hung the job, renewing its lock for ever.
         """
         loop = asyncio.get_running_loop()
         done = asyncio.Event()
