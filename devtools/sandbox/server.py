@@ -20,6 +20,7 @@ from devtools.sandbox.model import NEVER, SandboxConfig
 from devtools.sandbox.routes import (
     CLOCK_KEY,
     DELIVERER_KEY,
+    FREEZE_BATCHES_KEY,
     PLATFORM_KEY,
     add_routes,
     control_errors,
@@ -101,5 +102,6 @@ def main(args: argparse.Namespace) -> int:
         time_scale=config.time_scale,
     )  # fmt: skip
     settle_collector()  # as every paynotify process does: its pauses would be the platform's
+    app[FREEZE_BATCHES_KEY] = True
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
     return 0

@@ -7,6 +7,7 @@ test asks, then `success`, and records when each delivery arrived.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import random
 import time
@@ -755,6 +756,29 @@ async def test_thousands_of_notifications_quickly(
     assert time.monotonic() - started < 20
     # Under heavy load a receiver may time out once and be retried: at least one each.
     assert all(receiver.arrivals[o] for o in orders)
+
+
+async def test_a_batch_served_in_process_leaves_the_collector_alone(
+    sandbox: Sandbox, merchant: Merchant
+) -> None:
+    """Freezing each batch of orders is the sandbox process's choice (server.main); an app
+    served inside another process (this test's) must not freeze that process's objects."""
+    frozen = gc.get_freeze_count()
+    orders = [new_order_id("F") for _ in range(3)]
+    batch = [
+        {
+            "mch_id": merchant.mch_id,
+            "mch_order": o,
+            "amt": 1000,
+            "notify_url": "http://127.0.0.1:9/",
+            "scenario": {"drop_attempts": 9},  # nothing is delivered
+        }
+        for o in orders
+    ]
+    await sandbox.call("POST", "orders", json={"orders": batch})
+    paid = [{"mch_id": merchant.mch_id, "mch_order": o} for o in orders]
+    assert await sandbox.call("POST", "pay", json={"orders": paid}) == {"paid": 3}
+    assert gc.get_freeze_count() == frozen
 
 
 async def test_control_api_refuses_bad_requests(sandbox: Sandbox, merchant: Merchant) -> None:
